@@ -1,0 +1,31 @@
+"""dispatcher: an incoming-webhook dispatcher and router.
+
+Register webhooks and their events (the Ductape webhook-events model), and the
+Python handlers for them; dispatcher identifies each incoming payload's event,
+verifies its sender and routes it to its handlers.
+"""
+
+from .app import Dispatcher
+from .catalog import Webhook, WebhookEvent
+from .errors import (
+    CatalogError,
+    ConflictError,
+    DispatcherError,
+    HandlerRegistrationError,
+    NotFoundError,
+    ValidationError,
+)
+from .headers import Headers
+
+__all__ = [
+    "CatalogError",
+    "ConflictError",
+    "Dispatcher",
+    "DispatcherError",
+    "HandlerRegistrationError",
+    "Headers",
+    "NotFoundError",
+    "ValidationError",
+    "Webhook",
+    "WebhookEvent",
+]

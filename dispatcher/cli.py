@@ -1,0 +1,93 @@
+"""The ``dispatcher`` command: validate, match, serve, worker, send, inbox."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from .errors import CatalogError, DispatcherError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Receive, verify and route webhooks to Python handlers."""
+
+
+def _fail(error: BaseException) -> None:
+    """Print a DispatcherError as the user should read it, and exit 1 (never a traceback)."""
+    click.echo(f"error: {error}", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("catalog", type=click.Path(dir_okay=False))
+def validate(catalog: str) -> None:
+    """Check a catalog file: exit 0 with a summary, or print every error and exit 1."""
+    from .app import Dispatcher
+
+    try:
+        hooks = Dispatcher.from_catalog(catalog)
+    except CatalogError as error:
+        click.echo(str(error), err=True)
+        sys.exit(1)
+    except DispatcherError as error:
+        _fail(error)
+    webhooks = hooks.webhooks.fetch_all()
+    total = sum(len(hooks.webhooks.events.fetch_all(w.tag)) for w in webhooks)
+    click.echo(f"{catalog}: OK, {len(webhooks)} webhook(s), {total} event(s)")
+    for webhook in webhooks:
+        events = hooks.webhooks.events.fetch_all(webhook.tag)
+        click.echo(f"  {webhook.tag}: {len(events)} event(s)")
+        for event in events:
+            click.echo(f"    {event.tag}  {event.selector}")
+
+
+@main.command()
+@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.argument("webhook")
+@click.argument("payload", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--header", "-H", "headers", multiple=True, metavar="K:V", help="A request header.")
+@click.option("--query", "-q", "queries", multiple=True, metavar="K=V", help="A query parameter.")
+def match(
+    catalog: str, webhook: str, payload: str, headers: tuple[str, ...], queries: tuple[str, ...]
+) -> None:
+    """Print the event tag PAYLOAD.json matches in WEBHOOK (exit 0), or `unmatched` (exit 1)."""
+    from .app import Dispatcher
+
+    try:
+        hooks = Dispatcher.from_catalog(catalog)
+        data = _read_json(payload)
+        event = hooks.match(
+            data,
+            webhook=webhook,
+            headers=dict(_pair(h, ":", "--header") for h in headers),
+            query=dict(_pair(q, "=", "--query") for q in queries),
+        )
+    except DispatcherError as error:
+        _fail(error)
+    if event is None:
+        click.echo("unmatched")
+        sys.exit(1)
+    click.echo(event.tag)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as error:
+        raise click.ClickException(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise click.ClickException(f"{path} is not valid JSON: {error}") from None
+
+
+def _pair(text: str, sep: str, option: str) -> tuple[str, str]:
+    name, found, value = text.partition(sep)
+    if not found or not name.strip():
+        raise click.BadParameter(f"{text!r} is not NAME{sep}VALUE", param_hint=option)
+    return name.strip(), value.strip()
