@@ -15,16 +15,23 @@ from .errors import (
     NotFoundError,
     ValidationError,
 )
+from .event import Event
 from .headers import Headers
+from .pipeline import DispatchResult, HandlerOutcome
+from .routing import Router
 
 __all__ = [
     "CatalogError",
     "ConflictError",
+    "DispatchResult",
     "Dispatcher",
     "DispatcherError",
+    "Event",
+    "HandlerOutcome",
     "HandlerRegistrationError",
     "Headers",
     "NotFoundError",
+    "Router",
     "ValidationError",
     "Webhook",
     "WebhookEvent",

@@ -1,24 +1,80 @@
-"""Dispatcher: the facade that ties the catalog, the handlers and the receiver together."""
+"""Dispatcher: the facade that ties the catalog, the handlers, the pipeline and the receiver.
+
+A Dispatcher is itself an ASGI application: run it under uvicorn, or mount it
+into a Starlette/FastAPI app (``app.mount("/webhooks", hooks)``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .catalog import Catalog, WebhookEvent, WebhooksAPI
 from .catalogfile import check_catalog_data, read_catalog_file, write_catalog_file
+from .errors import HandlerRegistrationError, ValidationError
 from .headers import Headers
+from .idempotency import IdempotencyGuard
+from .metrics import Metrics
+from .pipeline import DispatchResult, Pipeline
+from .receiver import Receive, Receiver, Scope, Send, send_json
+from .routing import Router
+from .samples import TestingKit
+
+logger = logging.getLogger("dispatcher")
 
 _EMPTY: Mapping[str, str] = {}
+MiB = 1024 * 1024
 
 
 class Dispatcher:
-    """An incoming-webhook dispatcher: a catalog of webhooks and events, and their handlers."""
+    """An incoming-webhook dispatcher: a catalog of webhooks and events, and their handlers.
 
-    def __init__(self) -> None:
+    Options:
+      unmatched: "accept" answers 200 ``unmatched`` to a payload that matches no
+        event (so the provider neither retries nor disables the endpoint);
+        "reject" answers 422 and runs no handler.
+      max_body_size: bodies over this many bytes get 413 (default 25 MiB).
+      idempotency_ttl: how long a delivery key counts as seen (default 24 h).
+    """
+
+    def __init__(
+        self,
+        *,
+        unmatched: str = "accept",
+        max_body_size: int = 25 * MiB,
+        idempotency_ttl: float = 24 * 3600.0,
+    ) -> None:
         self.catalog = Catalog()
         self.webhooks = WebhooksAPI(self.catalog)
+        self.router = Router()
+        self.idempotency = IdempotencyGuard(ttl=idempotency_ttl)
+        self.metrics = Metrics()
+        self.inbox: Any = None  # queued mode: set by the inbox option
+        self.pipeline = Pipeline(self)
+        self.testing = TestingKit(self)
+        self.started = False
+        self._receiver = Receiver(self)
+        self._start_lock = threading.Lock()
+        self.configure(unmatched=unmatched, max_body_size=max_body_size)
+
+    def configure(self, *, unmatched: str | None = None, max_body_size: int | None = None) -> None:
+        """Change options after construction (``dispatcher serve`` flags use this)."""
+        if unmatched is not None:
+            if unmatched not in ("accept", "reject"):
+                raise ValidationError(
+                    "unmatched", f"must be 'accept' or 'reject', got {unmatched!r}"
+                )
+            self.unmatched = unmatched
+        if max_body_size is not None:
+            if not isinstance(max_body_size, int) or max_body_size <= 0:
+                raise ValidationError("max_body_size", "must be a positive number of bytes")
+            self.max_body_size = max_body_size
 
     # --- catalog ------------------------------------------------------------------------------
 
@@ -52,6 +108,120 @@ class Dispatcher:
         if headers:
             headers = headers.lowered() if isinstance(headers, Headers) else _lower(headers)
         return index.match(payload, headers or _EMPTY, query or _EMPTY)  # type: ignore[union-attr]
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def on(self, tag: str, func: Any = None, *, retry: Any = None) -> Any:
+        """Register a handler for an event tag, ``webhook:*`` or ``*`` (decorator or plain call)."""
+        return self.router.on(tag, func, retry=retry)
+
+    def on_unmatched(self, webhook: Any = None, func: Any = None, *, retry: Any = None) -> Any:
+        """Register a handler for payloads of ``webhook`` (or any) that match no event."""
+        return self.router.on_unmatched(webhook, func, retry=retry)
+
+    def on_error(self, func: Any) -> Any:
+        """Register ``func(event, exception)``, called for every handler failure."""
+        return self.router.on_error(func)
+
+    def include(self, router: Router) -> None:
+        """Add the handlers of a ``dispatcher.Router`` (e.g. one defined in its own module)."""
+        self.router.include(router)
+
+    def check(self) -> None:
+        """Raise HandlerRegistrationError if a handler names a tag the catalog does not have."""
+        problems = self.router.problems(self.catalog)
+        if problems:
+            raise HandlerRegistrationError(
+                f"{len(problems)} handler registration(s) do not match the catalog:\n  "
+                + "\n  ".join(problems)
+            )
+
+    # --- delivering ---------------------------------------------------------------------------
+
+    async def dispatch(
+        self,
+        webhook: str,
+        body: bytes | str | Any,
+        headers: Mapping[str, str] | None = None,
+        query: str | Mapping[str, str] | None = None,
+    ) -> DispatchResult:
+        """Run the whole pipeline without HTTP. ``body`` is bytes, text, or a JSON-able value."""
+        if isinstance(body, str):
+            body = body.encode()
+        elif not isinstance(body, bytes):
+            body = orjson.dumps(body)
+        if isinstance(query, Mapping):
+            from urllib.parse import urlencode
+
+            query = urlencode(query)
+        return await self.pipeline.deliver(webhook, body, Headers(headers or {}), query or "")
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Check the handlers against the catalog; start what queued mode needs."""
+        self.check()
+        if self.inbox is not None:
+            await self.inbox.start()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        if self.inbox is not None:
+            await self.inbox.stop()
+        self.started = False
+
+    async def ensure_started(self) -> str | None:
+        """Start on the first request when no lifespan ran (mounted without wiring it).
+
+        Returns None when ready, or why not.
+        """
+        with self._start_lock:
+            if self.started:
+                return None
+            self.started = True  # claim it; undone below if startup fails
+        try:
+            await self.startup()
+        except Exception as error:
+            self.started = False
+            logger.error("cannot start: %s", error)
+            return str(error)
+        logger.warning(
+            "dispatcher started on its first request: wire its lifespan into the parent app "
+            "(Starlette/FastAPI: lifespan=hooks.lifespan) so that problems stop the start-up"
+        )
+        return None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """For a parent app: ``Starlette(lifespan=hooks.lifespan)`` / ``FastAPI(lifespan=...)``."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    # --- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._receiver(scope, receive, send)
+
+    async def internal(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The receiver's own routes: ``/_health`` (and, with their extras, metrics and console)."""
+        if path.rstrip("/") == "/_health":
+            if scope["method"] not in ("GET", "HEAD"):
+                await send_json(send, 405, {"error": "method_not_allowed"}, {"allow": "GET, HEAD"})
+                return
+            await send_json(send, 200, await self.health())
+            return
+        await send_json(send, 404, {"error": "not_found", "detail": f"no route {path!r}"})
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "mode": "queued" if self.inbox is not None else "inline",
+            "webhooks": len(self.catalog.webhooks),
+            "events": len(self.catalog.events),
+        }
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:

@@ -91,3 +91,64 @@ def _pair(text: str, sep: str, option: str) -> tuple[str, str]:
     if not found or not name.strip():
         raise click.BadParameter(f"{text!r} is not NAME{sep}VALUE", param_hint=option)
     return name.strip(), value.strip()
+
+
+@main.command()
+@click.argument("target")
+@click.option(
+    "--handlers",
+    "handler_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="A module whose Routers (or register(hooks)) hold the handlers; repeatable.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Receiver processes.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.option(
+    "--graceful-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds to let in-flight deliveries finish on SIGTERM.",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="A readable line per delivery, or one JSON object per line.",
+)
+@click.option(
+    "--unmatched",
+    type=click.Choice(["accept", "reject"]),
+    default=None,
+    help="Answer unmatched payloads 200 (accept) or 422 (reject).",
+)
+def serve(target: str, handler_modules: tuple[str, ...], host: str, port: int, workers: int,
+          log_level: str, graceful_timeout: float, log_format: str,
+          unmatched: str | None) -> None:  # fmt: skip
+    """Run the receiver. TARGET is module:attribute (a Dispatcher) or a catalog file."""
+    from .server import Target, run
+
+    configure: dict[str, Any] = {}
+    if unmatched:
+        configure["unmatched"] = unmatched
+    spec = Target(target, list(handler_modules), configure=configure)
+    try:
+        run(spec, host=host, port=port, workers=workers, log_level=log_level,
+            graceful_timeout=graceful_timeout, log_format=log_format)  # fmt: skip
+    except DispatcherError as error:
+        _fail(error)

@@ -12,7 +12,7 @@ from typing import Any
 
 
 class Headers(Mapping[str, str]):
-    __slots__ = ("_map", "raw")
+    __slots__ = ("_asgi", "_map", "_raw")
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[Any, Any]] | None = None) -> None:
         pairs: list[tuple[str, str]] = []
@@ -24,7 +24,8 @@ class Headers(Mapping[str, str]):
             pairs = [(_text(k).lower(), _text(v)) for k, v in items.items()]
         else:
             pairs = [(_text(k).lower(), _text(v)) for k, v in items]
-        self.raw: tuple[tuple[str, str], ...] = tuple(pairs)
+        self._raw: tuple[tuple[str, str], ...] | None = tuple(pairs)
+        self._asgi = None
         merged: dict[str, str] = {}
         for name, value in pairs:
             merged[name] = f"{merged[name]}, {value}" if name in merged else value
@@ -34,13 +35,25 @@ class Headers(Mapping[str, str]):
     def from_asgi(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Build from an ASGI scope's header list (names already lower-case, latin-1)."""
         self = cls.__new__(cls)
-        pairs = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
         merged: dict[str, str] = {}
-        for name, value in pairs:
-            merged[name] = f"{merged[name]}, {value}" if name in merged else value
-        self.raw = pairs
+        for key, data in raw:  # one pass: this runs for every delivery
+            name = key.decode("latin-1")
+            if name in merged:
+                merged[name] = f"{merged[name]}, {data.decode('latin-1')}"
+            else:
+                merged[name] = data.decode("latin-1")
         self._map = merged
+        self._asgi = raw
+        self._raw = None  # decoded when someone asks
         return self
+
+    @property
+    def raw(self) -> tuple[tuple[str, str], ...]:
+        """Every header as received, repeats included, in order."""
+        if self._raw is None:
+            asgi = self._asgi or ()
+            self._raw = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in asgi)
+        return self._raw
 
     def __getitem__(self, name: str) -> str:
         return self._map[name.lower()]

@@ -1,0 +1,134 @@
+"""Requests/s and latency of the receiver against a raw ASGI floor, FastAPI and Starlette.
+
+    python benchmarks/bench_http.py                 # 3 rounds x 5 s per app (about 90 s)
+    python benchmarks/bench_http.py --rounds 1 --duration 3
+
+Needs wrk (Debian: apt-get install wrk). Each app runs under uvicorn (1 worker,
+uvloop, httptools, access log off); wrk drives it with 1 thread and 32
+connections, POSTing the same ~400-byte JSON body. Apps run one after another,
+round after round (a b c d a b c d ...), and the median of the rounds counts,
+so a noisy moment on this shared machine hits every app alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.http_apps import BODY  # noqa: E402
+
+APPS = {
+    "a": ("raw ASGI floor", "benchmarks.http_apps:raw"),
+    "b": ("dispatcher inline", "benchmarks.http_apps:hooks"),
+    "c": ("FastAPI endpoint", "benchmarks.http_apps:fastapi_app"),
+    "d": ("Starlette route", "benchmarks.http_apps:starlette_app"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def start(app: str, port: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "uvicorn", app, "--port", str(port), "--workers", "1",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+        *(extra or []),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_for(port)
+    return proc
+
+
+def wrk(url: str, duration: float, script: Path, connections: int = 32) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} error answers\n{out}")
+    return {"rps": rps, "p50": latency(out, "50%"), "p99": latency(out, "99%")}
+
+
+def latency(out: str, label: str) -> float:
+    """A percentile from wrk's latency distribution, in milliseconds."""
+    value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def post_script(body: bytes, content_type: str = "application/json") -> Path:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    text = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = "{text}"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+    )
+    return script
+
+
+def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
+            script: Path, warmup: float = 1.0) -> dict[str, dict[str, float]]:  # fmt: skip
+    runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
+    for _ in range(rounds):
+        for key, (_, app) in apps.items():
+            port = free_port()
+            proc = start(app, port)
+            try:
+                wrk(f"http://127.0.0.1:{port}{path}", warmup, script)
+                runs[key].append(wrk(f"http://127.0.0.1:{port}{path}", duration, script))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    return {
+        key: {m: statistics.median(r[m] for r in results) for m in ("rps", "p50", "p99")}
+        for key, results in runs.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk")
+    print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
+    result = measure(APPS, args.rounds, args.duration, "/payments", post_script(BODY))
+    print(f"{'':3}{'app':22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for key, (label, _) in APPS.items():
+        r = result[key]
+        print(f"({key}) {label:22}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+    rps = {key: r["rps"] for key, r in result.items()}
+    print(f"b/a = {rps['b'] / rps['a']:.2f}  (target >= 0.85)")
+    print(f"b/c = {rps['b'] / rps['c']:.2f}  (target >= 2.5)")
+    print(f"b/d = {rps['b'] / rps['d']:.2f}  (target >= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The four apps bench_http.py compares, each the same routing of one JSON field.
+
+uvicorn benchmarks.http_apps:raw          # (a) the floor: raw ASGI, no routing library
+uvicorn benchmarks.http_apps:hooks        # (b) dispatcher, inline mode, no-op async handler
+uvicorn benchmarks.http_apps:fastapi_app  # (c) the same routing as a FastAPI endpoint
+uvicorn benchmarks.http_apps:starlette_app  # (d) the same routing as a Starlette route
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dispatcher import Dispatcher
+
+EVENTS = [f"event-{i}" for i in range(20)]
+BODY = orjson.dumps(
+    {
+        "event": EVENTS[10],
+        "transaction_id": "1229100110101-192920101",
+        "event_id": "119100101020201-1919010101",
+        "customer_email": "janedoe@company.com",
+        "amount": 5000,
+        "currency": "USD",
+        "metadata": {"source": "mobile-app", "campaign": "black-friday", "device": "ios-17.2"},
+        "created_at": "2026-11-27T12:00:00Z",
+        "description": "Order #48213 for 3 items, shipped to the customer's default address",
+    }
+)
+
+
+async def noop(event: object) -> None:
+    return None
+
+
+# (a) raw ASGI: read the body, parse it, read one field, answer.
+async def raw(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    body = message.get("body", b"")
+    while message.get("more_body"):
+        message = await receive()
+        body += message.get("body", b"")
+    kind = orjson.loads(body)["event"]
+    content = orjson.dumps({"status": "processed", "event": kind})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+# (b) the dispatcher: a 20-event catalog, one no-op async handler per event.
+hooks = Dispatcher()
+hooks.webhooks.create(tag="payments", name="Payments", description="benchmark")
+for name in EVENTS:
+    hooks.webhooks.events.create(
+        name=name, tag=f"payments:{name}", description="benchmark", selector="$Event{event}",
+        sample={"event": name},
+    )  # fmt: skip
+    hooks.on(f"payments:{name}", noop)
+
+
+# (c)/(d) hand-written routing: parse, then if/elif on the field.
+async def route(kind: str) -> None:
+    if kind == EVENTS[0] or kind == EVENTS[1] or kind in EVENTS:
+        await noop(kind)
+
+
+fastapi_app = FastAPI()
+
+
+@fastapi_app.post("/payments")
+async def fastapi_endpoint(request: Request) -> Response:
+    kind = orjson.loads(await request.body())["event"]
+    await route(kind)
+    return Response(
+        orjson.dumps({"status": "processed", "event": kind}), media_type="application/json"
+    )
+
+
+async def starlette_endpoint(request):  # type: ignore[no-untyped-def]
+    kind = orjson.loads(await request.body())["event"]
+    await route(kind)
+    return Response(
+        orjson.dumps({"status": "processed", "event": kind}), media_type="application/json"
+    )
+
+
+starlette_app = Starlette(routes=[Route("/payments", starlette_endpoint, methods=["POST"])])

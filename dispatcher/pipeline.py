@@ -1,0 +1,283 @@
+"""One delivery: verify → parse → dedup → match → run handlers, or enqueue.
+
+No HTTP here: the ASGI receiver, ``Dispatcher.dispatch()`` and tests all call
+``Pipeline.deliver`` with bytes and headers and get a ``DispatchResult`` that
+says what happened and which HTTP answer it deserves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+
+from .bodies import BodyError, body_kind, parse_body
+from .errors import closest
+from .event import Event
+from .headers import Headers
+from .selectors import MISSING, compile_selector, parse_selector
+
+if TYPE_CHECKING:
+    from .app import Dispatcher
+    from .catalog import Webhook
+    from .routing import Handler
+
+logger = logging.getLogger("dispatcher")
+
+EMPTY_QUERY = QueryParams("")
+
+
+@dataclass(slots=True)
+class HandlerOutcome:
+    """How one handler did: ``error`` is None when it succeeded."""
+
+    handler: str
+    error: BaseException | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class DispatchResult:
+    """What became of a delivery, and the HTTP answer it deserves.
+
+    ``status``: processed, unmatched, duplicate, queued, failed (a handler raised)
+    or rejected (the request itself was refused; ``error`` says why).
+    """
+
+    status: str
+    http_status: int
+    id: str | None = None
+    webhook: str | None = None
+    event: str | None = None
+    error: str | None = None
+    detail: str | None = None
+    outcomes: tuple[HandlerOutcome, ...] = ()
+    response: Response | None = field(default=None, repr=False)
+    headers: dict[str, str] = field(default_factory=dict)  # extra answer headers (Allow)
+
+    @property
+    def ok(self) -> bool:
+        return self.http_status < 400
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the HTTP answer (never exception text or secrets)."""
+        if self.error is not None:
+            body: dict[str, Any] = {"error": self.error}
+            if self.detail:
+                body["detail"] = self.detail
+            if self.id:
+                body["id"] = self.id
+            return body
+        return {"id": self.id, "webhook": self.webhook, "event": self.event, "status": self.status}
+
+
+def rejected(http_status: int, error: str, detail: str, **extra: Any) -> DispatchResult:
+    return DispatchResult("rejected", http_status, error=error, detail=detail, **extra)
+
+
+class _Ids:
+    """Delivery ids: a random per-process prefix and a counter (32 hex digits).
+
+    Unique across processes and restarts like a uuid4, sortable within a
+    process, and a fifth of uuid4's cost on the hot path. A forked child
+    draws a new prefix.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_id = _Ids()
+
+
+class Pipeline:
+    """Runs deliveries for a Dispatcher (its catalog, router, options and stores)."""
+
+    def __init__(self, hooks: Dispatcher) -> None:
+        self.hooks = hooks
+        self._key_getters: dict[str, tuple[str | None, Any]] = {}
+
+    def unknown_webhook(self, tag: str) -> DispatchResult:
+        hint = closest(tag, self.hooks.catalog.webhooks)
+        detail = f"no webhook {tag!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        return rejected(404, "unknown_webhook", detail)
+
+    def too_large(self) -> DispatchResult:
+        limit = self.hooks.max_body_size
+        return rejected(413, "payload_too_large", f"the body is over the {limit:,}-byte limit")
+
+    async def deliver(
+        self,
+        webhook_tag: str,
+        body: bytes,
+        headers: Headers,
+        query_string: str = "",
+        *,
+        received_at: datetime | None = None,
+    ) -> DispatchResult:
+        hooks = self.hooks
+        webhook = hooks.catalog.webhooks.get(webhook_tag)
+        if webhook is None:
+            return self.unknown_webhook(webhook_tag)
+        if len(body) > hooks.max_body_size:
+            return self.too_large()
+        if webhook.verify is not None:
+            refused = self._verify(webhook, headers, body)
+            if refused is not None:
+                return refused
+        lowered = headers.lowered()
+        try:
+            payload = parse_body(body_kind(lowered.get("content-type")), body)
+        except BodyError as error:
+            return rejected(error.status, error.code, error.detail, webhook=webhook.tag)
+
+        query = QueryParams(query_string) if query_string else EMPTY_QUERY
+        key = None
+        if webhook.idempotency_key is not None or webhook.verify is not None:
+            key = self._idempotency_key(webhook, payload, lowered, query)
+        event = hooks.catalog.indexes[webhook.tag].match(payload, lowered, query)
+        tag = event.tag if event is not None else None
+        if tag is None and hooks.unmatched == "reject":
+            return rejected(
+                422,
+                "unmatched",
+                f"the payload matches no event of webhook {webhook.tag!r}",
+                webhook=webhook.tag,
+            )
+        delivery = Event(
+            id=new_id(),
+            webhook=webhook.tag,
+            tag=tag,
+            name=event.name if event is not None else None,
+            payload=payload,
+            headers=headers,
+            query=query,
+            body=body,
+            received_at=received_at or datetime.now(UTC),
+        )
+        handlers = hooks.router.resolve(webhook.tag, tag)
+        if hooks.inbox is not None:
+            return await hooks.inbox.enqueue(delivery, handlers, key)
+        if key is None:
+            return await self.run(delivery, handlers)
+        guard = hooks.idempotency
+        if not await guard.acquire(webhook.tag, key):
+            return DispatchResult("duplicate", 200, delivery.id, webhook.tag, tag)
+        succeeded = False
+        try:
+            result = await self.run(delivery, handlers)
+            succeeded = result.ok
+            return result
+        finally:
+            guard.release(webhook.tag, key, succeeded)
+
+    def _verify(self, webhook: Webhook, headers: Headers, body: bytes) -> DispatchResult | None:
+        from .signatures import SignatureError
+
+        try:
+            webhook.verify.verify(headers, body, time.time())
+        except SignatureError as error:
+            logger.warning("%s: signature refused: %s (%s)", webhook.tag, error.reason, error)
+            self.hooks.metrics.signature_failed(webhook.tag, error.reason)
+            return rejected(401, error.reason, str(error), webhook=webhook.tag)
+        return None
+
+    def _idempotency_key(
+        self, webhook: Webhook, payload: Any, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> str | None:
+        selector = webhook.effective_idempotency_key
+        if selector is None:
+            return None
+        cached = self._key_getters.get(webhook.tag)
+        if cached is None or cached[0] != selector:
+            cached = (selector, compile_selector(parse_selector(selector, field="idempotency_key")))
+            self._key_getters[webhook.tag] = cached
+        value = cached[1](payload, headers, query)
+        if value is MISSING:
+            return None
+        return value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
+
+    # --- running handlers ------------------------------------------------------------------------
+
+    async def run(self, event: Event, handlers: tuple[Handler, ...]) -> DispatchResult:
+        """Run every handler concurrently (inline mode); the delivery fails if any fails."""
+        if not handlers:
+            return self._result(event, (), None)
+        if len(handlers) == 1:
+            outcome, returned = await self._run_one(handlers[0], event)
+            return self._result(event, (outcome,), returned)
+        ran = await asyncio.gather(*(self._run_one(handler, event) for handler in handlers))
+        outcomes = tuple(outcome for outcome, _ in ran)
+        response = next((returned for _, returned in ran if returned is not None), None)
+        return self._result(event, outcomes, response)
+
+    def _result(
+        self, event: Event, outcomes: tuple[HandlerOutcome, ...], response: Response | None
+    ) -> DispatchResult:
+        if any(outcome.error is not None for outcome in outcomes):
+            return DispatchResult(
+                "failed", 500, event.id, event.webhook, event.tag,
+                error="handler_failed", detail="a handler raised; the provider should retry",
+                outcomes=outcomes,
+            )  # fmt: skip
+        status = "processed" if event.tag is not None else "unmatched"
+        return DispatchResult(
+            status, 200, event.id, event.webhook, event.tag, outcomes=outcomes, response=response
+        )
+
+    async def _run_one(
+        self, handler: Handler, event: Event
+    ) -> tuple[HandlerOutcome, Response | None]:
+        start = time.perf_counter()
+        try:
+            if handler.is_async:
+                returned = await handler.func(event)
+            else:  # plain functions run in a worker thread, off the event loop
+                returned = await asyncio.to_thread(handler.func, event)
+        except Exception as error:
+            took = time.perf_counter() - start
+            self.hooks.metrics.handler_ran(event.tag, took, failed=True)
+            logger.error(
+                "%s %s: handler %s failed: %s: %s",
+                event.webhook, event.tag or "(unmatched)", handler.name, type(error).__name__, error,
+                exc_info=error,
+            )  # fmt: skip
+            await self.report_error(event, error)
+            return HandlerOutcome(handler.name, error, took), None
+        took = time.perf_counter() - start
+        self.hooks.metrics.handler_ran(event.tag, took, failed=False)
+        return HandlerOutcome(handler.name, None, took), returned if isinstance(
+            returned, Response
+        ) else None
+
+    async def report_error(self, event: Event, error: BaseException) -> None:
+        """Call every on_error handler; their own failures are logged, never raised."""
+        for func in self.hooks.router.error_handlers:
+            try:
+                result = func(event, error)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logger.exception("on_error handler %r failed", func)

@@ -1,0 +1,173 @@
+"""The ASGI application: ``POST /{webhook-tag}``, the receiver's own ``/_`` routes, lifespan.
+
+The webhook route is the hot path, so it speaks ASGI directly: no Request or
+Response objects, one pass over the headers, the body read with the size
+limit enforced from Content-Length and again while streaming. Everything else
+(``/_health``, ``/_metrics``, ``/_ui``) may use Starlette freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .headers import Headers
+from .pipeline import DispatchResult, rejected
+
+if TYPE_CHECKING:
+    from .app import Dispatcher
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("dispatcher")
+JSON_HEADER = (b"content-type", b"application/json")
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the mount point (Starlette keeps the full path and sets root_path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
+class Receiver:
+    """ASGI entry point of a Dispatcher."""
+
+    def __init__(self, hooks: Dispatcher) -> None:
+        self.hooks = hooks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hooks = self.hooks
+        if not hooks.started:
+            failed = await hooks.ensure_started()
+            if failed is not None:
+                await send_json(send, 503, {"error": "not_ready", "detail": failed})
+                return
+        path = route_path(scope)
+        if path.startswith("/_"):
+            await hooks.internal(path, scope, receive, send)
+            return
+        start = time.perf_counter()
+        tag = path[1:-1] if path.endswith("/") else path[1:]
+        result = await self.webhook(tag, scope, receive)
+        if result.response is not None:
+            await result.response(scope, receive, send)
+        else:
+            await send_json(send, result.http_status, result.body(), result.headers)
+        took = time.perf_counter() - start
+        hooks.metrics.delivery(result.webhook or tag, result.event, result.status, took)
+        if logger.isEnabledFor(logging.INFO):
+            log_delivery(result, tag, took)
+
+    async def webhook(self, tag: str, scope: Scope, receive: Receive) -> DispatchResult:
+        hooks = self.hooks
+        pipeline = hooks.pipeline
+        if tag not in hooks.catalog.webhooks:
+            return pipeline.unknown_webhook(tag)
+        if scope["method"] != "POST":
+            return rejected(
+                405, "method_not_allowed", f"webhooks are delivered with POST, not {scope['method']}",
+                webhook=tag, headers={"allow": "POST"},
+            )  # fmt: skip
+        headers = Headers.from_asgi(scope["headers"])
+        limit = hooks.max_body_size
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return pipeline.too_large()
+        try:
+            body = await read_body(receive, limit)
+        except ClientDisconnected:
+            return rejected(400, "incomplete_body", "the client went away before the body ended")
+        if body is None:
+            return pipeline.too_large()
+        query = scope.get("query_string", b"")
+        return await pipeline.deliver(tag, body, headers, query.decode("latin-1") if query else "")
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.hooks.startup()
+                except Exception as error:
+                    logger.error("startup failed: %s", error)
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.hooks.shutdown()
+                except Exception as error:
+                    logger.exception("shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def log_delivery(result: DispatchResult, tag: str, took: float) -> None:
+    """One line per request: webhook, event, status, duration, id (and the same as fields)."""
+    outcome = result.error or result.status
+    logger.info(
+        "%s %s %s %d %.1fms %s",
+        result.webhook or tag, result.event or "-", outcome, result.http_status, took * 1000,
+        result.id or "-",
+        extra={
+            "delivery_id": result.id, "webhook": result.webhook or tag, "event": result.event,
+            "status": outcome, "http_status": result.http_status,
+            "duration_ms": round(took * 1000, 3), "attempt": 1,
+        },
+    )  # fmt: skip
+
+
+class ClientDisconnected(Exception):
+    """The client hung up mid-body: nothing of it is dispatched."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` (the rest is never buffered)."""
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= limit else None
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: dict[str, str] | None = None
+) -> None:
+    content = orjson.dumps(body)
+    raw = [JSON_HEADER, (b"content-length", str(len(content)).encode())]
+    if headers:
+        raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
