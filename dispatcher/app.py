@@ -20,7 +20,7 @@ from .catalogfile import check_catalog_data, read_catalog_file, write_catalog_fi
 from .errors import HandlerRegistrationError, ValidationError
 from .headers import Headers
 from .idempotency import IdempotencyGuard
-from .metrics import Metrics
+from .metrics import Metrics, create_metrics
 from .pipeline import DispatchResult, Pipeline
 from .receiver import Receive, Receiver, Scope, Send, send_json
 from .routing import Router
@@ -41,6 +41,7 @@ class Dispatcher:
         "reject" answers 422 and runs no handler.
       max_body_size: bodies over this many bytes get 413 (default 25 MiB).
       idempotency_ttl: how long a delivery key counts as seen (default 24 h).
+      console_token: turns on the operator console at ``/_ui``; every page asks for it.
     """
 
     def __init__(
@@ -49,12 +50,15 @@ class Dispatcher:
         unmatched: str = "accept",
         max_body_size: int = 25 * MiB,
         idempotency_ttl: float = 24 * 3600.0,
+        console_token: str | None = None,
     ) -> None:
         self.catalog = Catalog()
         self.webhooks = WebhooksAPI(self.catalog)
         self.router = Router()
         self.idempotency = IdempotencyGuard(ttl=idempotency_ttl)
-        self.metrics = Metrics()
+        self.metrics: Metrics = create_metrics(self)
+        self.console_token = console_token
+        self._console: Any = None
         self.inbox: Any = None  # queued mode: set by the inbox option
         self.pipeline = Pipeline(self)
         self.testing = TestingKit(self)
@@ -207,6 +211,12 @@ class Dispatcher:
 
     async def internal(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The receiver's own routes: ``/_health`` (and, with their extras, metrics and console)."""
+        if path == "/_metrics":
+            await self.metrics.endpoint(scope, receive, send)
+            return
+        if path == "/_ui" or path.startswith("/_ui/"):
+            await self.console(scope, receive, send)
+            return
         if path.rstrip("/") == "/_health":
             if scope["method"] not in ("GET", "HEAD"):
                 await send_json(send, 405, {"error": "method_not_allowed"}, {"allow": "GET, HEAD"})
@@ -214,6 +224,20 @@ class Dispatcher:
             await send_json(send, 200, await self.health())
             return
         await send_json(send, 404, {"error": "not_found", "detail": f"no route {path!r}"})
+
+    async def console(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/_ui``: the operator console, when a console token is set."""
+        if not self.console_token:
+            detail = (
+                "the console is off; set Dispatcher(console_token=...) or serve --console-token"
+            )
+            await send_json(send, 404, {"error": "not_found", "detail": detail})
+            return
+        if self._console is None:
+            from .console import build_console
+
+            self._console = build_console(self)
+        await self._console(scope, receive, send)
 
     async def health(self) -> dict[str, Any]:
         return {

@@ -152,3 +152,43 @@ def serve(target: str, handler_modules: tuple[str, ...], host: str, port: int, w
             graceful_timeout=graceful_timeout, log_format=log_format)  # fmt: skip
     except DispatcherError as error:
         _fail(error)
+
+
+@main.command()
+@click.argument("tag")
+@click.option(
+    "--catalog",
+    "catalog_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The catalog file that defines the event (and how to sign it).",
+)
+@click.option(
+    "--url",
+    required=True,
+    help="Where the receiver is served, e.g. http://localhost:8000; the webhook tag is appended.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Set a payload field (dotted path; VALUE is JSON, else a string). Repeatable.",
+)
+@click.option("--timeout", default=10.0, show_default=True, type=float)
+def send(tag: str, catalog_path: str, url: str, settings: tuple[str, ...], timeout: float) -> None:
+    """POST event TAG's sample (signed when the catalog says how) to a running receiver."""
+    from .app import Dispatcher
+    from .sending import apply_settings, post
+
+    try:
+        hooks = Dispatcher.from_catalog(catalog_path)
+        event = hooks.webhooks.events.fetch(tag)
+        payload = apply_settings(event.sample, settings)
+        changed = {k: v for k, v in payload.items() if event.sample.get(k, object()) != v}
+        request = hooks.testing.sample_request(tag, **changed)
+        status, body = post(url, request, timeout)
+    except DispatcherError as error:
+        _fail(error)
+    click.echo(f"{status} {body}")
+    sys.exit(0 if 200 <= status < 300 else 1)

@@ -1,6 +1,14 @@
-"""Metrics hooks. ``Metrics`` records nothing; the Prometheus one fills these in."""
+"""Metrics hooks. ``Metrics`` records nothing; ``dispatcher.prometheus`` fills these in.
+
+The receiver calls these on every delivery, so an implementation must keep
+them cheap (a dict update, not a lock and a label lookup).
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from .receiver import Receive, Scope, Send, send_json
 
 
 class Metrics:
@@ -14,3 +22,23 @@ class Metrics:
 
     def signature_failed(self, webhook: str, reason: str) -> None:
         pass
+
+    async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /_metrics``: without prometheus-client there is nothing to serve."""
+        await send_json(
+            send,
+            404,
+            {
+                "error": "not_found",
+                "detail": "metrics need prometheus-client: pip install 'webhook-dispatcher[metrics]'",
+            },
+        )
+
+
+def create_metrics(hooks: Any) -> Metrics:
+    """Prometheus metrics when prometheus-client is installed, else the no-op."""
+    try:
+        from .prometheus import PrometheusMetrics
+    except ImportError:
+        return Metrics()
+    return PrometheusMetrics(hooks)

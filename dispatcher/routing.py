@@ -42,7 +42,9 @@ class Handler:
 
     def __post_init__(self) -> None:
         func = self.func
-        name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+        module = getattr(func, "__module__", None)
+        qualname = getattr(func, "__qualname__", None) or repr(func)
+        name = f"{module}.{qualname}" if module else qualname
         object.__setattr__(self, "is_async", _is_async(func))
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "key", f"{self.pattern} {name}")

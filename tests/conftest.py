@@ -7,6 +7,8 @@ import socket
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 POSTGRES_URL = os.environ.get(
     "DISPATCHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
