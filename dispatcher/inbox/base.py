@@ -1,0 +1,275 @@
+"""The inbox contract: the records stores exchange with callers, and the abstract store.
+
+Every store (memory, SQLite, PostgreSQL) keeps the same semantics, so a test written
+against one runs against all of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.errors import ValidationError
+
+Clock = Callable[[], float]
+
+TASK_STATUSES = ("pending", "leased", "done", "dead")
+DELIVERY_STATUSES = ("pending", "done", "dead")
+TERMINAL_STATUSES = ("done", "dead")
+
+#: Written on an attempt whose worker lost its lease before finishing (found at reclaim).
+LAPSED_ERROR = "lease lapsed before the attempt finished (worker died or was too slow)"
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    id: str
+    webhook: str
+    event: str | None
+    idempotency_key: str | None
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    query: str
+    received_at: float
+    handlers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    task_id: int | str
+    delivery_id: str
+    handler: str
+    attempt: int
+    series: int
+    lease_token: str
+    webhook: str
+    event: str | None
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    query: str
+    received_at: float
+
+
+class InboxStore(abc.ABC):
+    """Durable storage for deliveries and their handler tasks.
+
+    ``clock`` is public so the worker computes retry times on the same clock the store
+    compares them with (tests inject a fake one).
+    """
+
+    clock: Clock
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema (idempotent) and get ready for use."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> None:
+        await self.open()
+
+    async def __aenter__(self) -> InboxStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the delivery path -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add(self, delivery: NewDelivery) -> str:
+        """Store ``delivery`` with one pending task per handler: "stored" or "duplicate"."""
+
+    @abc.abstractmethod
+    async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]: ...
+
+    @abc.abstractmethod
+    async def renew(self, task: ClaimedTask, lease: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def complete(self, task: ClaimedTask) -> bool: ...
+
+    @abc.abstractmethod
+    async def fail(self, task: ClaimedTask, error: str, retry_at: float | None) -> bool: ...
+
+    @abc.abstractmethod
+    async def wait(self, timeout: float) -> None:
+        """Return when new work may be claimable, or after ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """The earliest time a claim could return something (None: no open task)."""
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int:
+        """Tasks not yet terminal (pending or leased)."""
+
+    async def idle(self) -> bool:
+        return await self.pending_count() == 0
+
+    # -- operator reads and actions ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        status: str | None = None,
+        webhook: str | None = None,
+        event: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def get(self, delivery_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def replay(
+        self,
+        ids: Sequence[str] | None = None,
+        *,
+        status: str | None = None,
+        webhook: str | None = None,
+    ) -> int: ...
+
+    @abc.abstractmethod
+    async def purge(self, status: str, older_than: float) -> int: ...
+
+    async def prune(self, done_older_than: float = 7 * 86400) -> int:
+        return await self.purge("done", done_older_than)
+
+    @abc.abstractmethod
+    async def per_minute(self, since: float) -> list[tuple[int, str, int]]: ...
+
+
+# -- helpers shared by the stores ---------------------------------------------------------
+
+
+def unique_handlers(handlers: Iterable[str]) -> tuple[str, ...]:
+    """One task per handler key: a key listed twice would otherwise run twice."""
+    return tuple(dict.fromkeys(handlers))
+
+
+def delivery_status(task_statuses: Iterable[str]) -> str:
+    statuses = set(task_statuses)
+    if statuses & {"pending", "leased"}:
+        return "pending"
+    return "dead" if "dead" in statuses else "done"
+
+
+def check_list_args(status: str | None, limit: int) -> None:
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise ValidationError("status", _unknown_status(status))
+    if limit < 1:
+        raise ValidationError("limit", f"must be at least 1, got {limit}")
+
+
+def _unknown_status(status: str) -> str:
+    return f"unknown delivery status {status!r}; use one of {', '.join(DELIVERY_STATUSES)}"
+
+
+def check_replay_args(ids: Sequence[str] | None, status: str | None, webhook: str | None) -> None:
+    if ids is None and status is None and webhook is None:
+        raise ValidationError(
+            "replay",
+            "name delivery ids, or select by status and/or webhook (refusing to replay all)",
+        )
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise ValidationError("status", _unknown_status(status))
+
+
+def check_purge_args(status: str, older_than: float) -> None:
+    if status not in TERMINAL_STATUSES:
+        raise ValidationError(
+            "status",
+            f"purge deletes finished deliveries only: use 'done' or 'dead', not {status!r}",
+        )
+    if older_than < 0:
+        raise ValidationError("older_than", f"must be >= 0 seconds, got {older_than}")
+
+
+def replay_targets(status: str, task_statuses: list[str]) -> tuple[str, ...] | None:
+    """Which task statuses a replay resets, or None when the delivery is not replayed.
+
+    Dead tasks are replayed alone (their done siblings already ran); a fully done delivery
+    replays everything. A pending delivery without dead tasks is still in flight: resetting
+    its leased tasks would fence out the workers running them, so it is skipped.
+    """
+    if "dead" in task_statuses:
+        return ("dead",)
+    if status == "done" and task_statuses:
+        return ("done",)
+    return None
+
+
+def empty_stats() -> dict[str, Any]:
+    return {
+        "deliveries": dict.fromkeys(DELIVERY_STATUSES, 0),
+        "tasks": dict.fromkeys(TASK_STATUSES, 0),
+        "oldest_pending_age": None,
+    }
+
+
+class Wakeup:
+    """A wake-up signal usable from any thread and any event loop.
+
+    No asyncio object is created until ``wait()`` runs, and each waiter's future lives on
+    its own loop: tests start a fresh loop per test while one store object outlives them.
+    A notify with nobody waiting is remembered, so work added just before a worker goes
+    to sleep is not left waiting for the next poll.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self._missed = False
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            if not waiters:
+                self._missed = True
+        for loop, future in waiters:
+            # RuntimeError: that loop is closed, so nobody waits there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        entry = (loop, future)
+        with self._lock:
+            if self._missed:
+                self._missed = False
+                return
+            self._waiters.add(entry)
+        try:
+            await asyncio.wait([future], timeout=max(0.0, timeout))
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+            future.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_for_work(store: InboxStore, wakeup: Wakeup, timeout: float) -> None:
+    """Sleep on ``wakeup``, but no longer than until the store's next task falls due."""
+    due = await store.next_due()
+    if due is not None:
+        timeout = min(timeout, due - store.clock())
+    await wakeup.wait(timeout)

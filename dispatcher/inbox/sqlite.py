@@ -1,0 +1,740 @@
+"""The embedded inbox: one SQLite file in WAL mode, written with group commit.
+
+Durability: ``synchronous=FULL`` fsyncs the WAL on every commit, so an acknowledged
+delivery survives a process crash and a power loss. An fsync per delivery would cap
+throughput at a few thousand per second, so one writer thread owns the write connection
+and commits every operation queued while it was busy in one transaction (one fsync).
+Each caller is answered only after the batch holding its operation committed.
+
+Reads (next_due, stats, list, get) use a second connection on a reader thread: WAL
+readers see the last commit and never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import queue
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dispatcher.errors import NotFoundError, ValidationError
+from dispatcher.inbox.base import (
+    LAPSED_ERROR,
+    ClaimedTask,
+    Clock,
+    InboxStore,
+    NewDelivery,
+    Wakeup,
+    check_list_args,
+    check_purge_args,
+    check_replay_args,
+    empty_stats,
+    replay_targets,
+    unique_handlers,
+    wait_for_work,
+)
+
+T = TypeVar("T")
+_Op = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+SCHEMA_VERSION = 1
+
+#: Tasks per claim at most: the claimed ids become SQL parameters (SQLite caps those).
+MAX_CLAIM = 1000
+
+# Each migration takes the schema from version i to i + 1 (index i).
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE deliveries (
+            id TEXT PRIMARY KEY,
+            webhook TEXT NOT NULL,
+            event TEXT,
+            idempotency_key TEXT,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            query TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            series INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE UNIQUE INDEX deliveries_idempotency ON deliveries (webhook, idempotency_key)
+            WHERE idempotency_key IS NOT NULL""",
+        "CREATE INDEX deliveries_status ON deliveries (status, received_at)",
+        "CREATE INDEX deliveries_webhook ON deliveries (webhook, received_at)",
+        "CREATE INDEX deliveries_received ON deliveries (received_at)",
+        """CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY,
+            delivery_id TEXT NOT NULL,
+            handler TEXT NOT NULL,
+            status TEXT NOT NULL,
+            due_at REAL NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            series INTEGER NOT NULL DEFAULT 0,
+            lease_token TEXT,
+            lease_until REAL,
+            worker TEXT,
+            last_error TEXT
+        )""",
+        "CREATE INDEX tasks_delivery ON tasks (delivery_id)",
+        # Partial indexes keep the claim scans proportional to open work, not history.
+        "CREATE INDEX tasks_due ON tasks (due_at, id) WHERE status = 'pending'",
+        "CREATE INDEX tasks_lease ON tasks (lease_until, id) WHERE status = 'leased'",
+        """CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            task_id INTEGER NOT NULL,
+            delivery_id TEXT NOT NULL,
+            handler TEXT NOT NULL,
+            series INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT
+        )""",
+        "CREATE UNIQUE INDEX attempts_task ON attempts (task_id, series, attempt)",
+        "CREATE INDEX attempts_delivery ON attempts (delivery_id)",
+    ],
+]
+
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_STATUS_SQL = """
+UPDATE deliveries SET status = CASE
+    WHEN EXISTS (SELECT 1 FROM tasks WHERE delivery_id = :id AND status IN ('pending', 'leased'))
+        THEN 'pending'
+    WHEN EXISTS (SELECT 1 FROM tasks WHERE delivery_id = :id AND status = 'dead') THEN 'dead'
+    ELSE 'done' END
+WHERE id = :id
+"""
+
+_SUMMARY_SQL = """
+SELECT d.id, d.webhook, d.event, d.status, d.received_at,
+    (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id),
+    (SELECT a.error FROM attempts a WHERE a.delivery_id = d.id AND a.error IS NOT NULL
+        ORDER BY a.finished_at DESC, a.id DESC LIMIT 1)
+FROM deliveries d
+"""
+
+_SUMMARY_KEYS = ("id", "webhook", "event", "status", "received_at", "attempts", "last_error")
+
+
+class SQLiteStore(InboxStore):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock = time.time,
+        synchronous: str = "FULL",
+        batch_size: int = 256,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if str(synchronous).upper() not in _SYNC_MODES:
+            raise ValidationError(
+                "synchronous", f"got {synchronous!r}; use 'FULL' (durable) or 'NORMAL'"
+            )
+        self.path = Path(path)
+        self.clock = clock
+        self.synchronous = str(synchronous).upper()
+        self._batch_size = batch_size
+        self._busy_ms = int(busy_timeout * 1000)
+        self._wakeup = Wakeup()
+        self._writer: Writer | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer so far (each is one fsync of the WAL)."""
+        return self._writer.commits if self._writer else 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = Writer(self._connect_writer, batch_size=self._batch_size)
+        await asyncio.wrap_future(writer.start())
+        self._writer = writer
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-inbox-reader")
+        try:
+            await self._write(_migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        if writer is not None:
+            await asyncio.to_thread(writer.stop)
+        if reader is not None:
+            await asyncio.wrap_future(reader.submit(self._close_reader))
+            reader.shutdown(wait=False)
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise ValidationError("inbox", f"{self.path}: cannot use WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    def _close_reader(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise RuntimeError("the inbox store is not open; call open() first")
+        return await self._writer.submit(op)
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise RuntimeError("the inbox store is not open; call open() first")
+        future: concurrent.futures.Future[T] = self._reader.submit(self._run_read, op)
+        return await asyncio.wrap_future(future)
+
+    def _run_read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._read_conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            conn.execute("PRAGMA query_only = 1")
+            self._read_conn = conn
+        conn = self._read_conn
+        conn.execute("BEGIN")  # one snapshot for all the queries of this read
+        try:
+            return op(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    async def pragma(self, name: str) -> Any:
+        """Read a PRAGMA on the write connection (where durability settings apply)."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise ValidationError("pragma", f"not a pragma name: {name!r}")
+        return await self._write(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    # -- the delivery path -------------------------------------------------------------
+
+    async def add(self, delivery: NewDelivery) -> str:
+        result = await self._write(lambda conn: self._add(conn, delivery))
+        if result == "stored":
+            self._wakeup.notify()
+        return result
+
+    def _add(self, conn: sqlite3.Connection, d: NewDelivery) -> str:
+        now = self.clock()
+        handlers = unique_handlers(d.handlers)
+        cursor = conn.execute(
+            """INSERT INTO deliveries (id, webhook, event, idempotency_key, body, headers, query,
+                received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (webhook, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING""",
+            (
+                d.id,
+                d.webhook,
+                d.event,
+                d.idempotency_key,
+                d.body,
+                json.dumps(d.headers),
+                d.query,
+                d.received_at,
+                "pending" if handlers else "done",
+            ),
+        )
+        if cursor.rowcount == 0:
+            return "duplicate"
+        conn.executemany(
+            "INSERT INTO tasks (delivery_id, handler, status, due_at) VALUES (?, ?, 'pending', ?)",
+            [(d.id, handler, now) for handler in handlers],
+        )
+        return "stored"
+
+    async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]:
+        if limit < 1:
+            return []
+        limit = min(limit, MAX_CLAIM)
+        return await self._write(lambda conn: self._claim(conn, worker, limit, lease))
+
+    def _claim(
+        self, conn: sqlite3.Connection, worker: str, limit: int, lease: float
+    ) -> list[ClaimedTask]:
+        now = self.clock()
+        due = conn.execute(
+            "SELECT due_at, id, NULL, 0, 0 FROM tasks WHERE status = 'pending' AND due_at <= ?"
+            " ORDER BY due_at, id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        lapsed = conn.execute(
+            "SELECT lease_until, id, 1, series, attempt FROM tasks"
+            " WHERE status = 'leased' AND lease_until < ? ORDER BY lease_until, id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        picked = sorted(due + lapsed)[:limit]
+        if not picked:
+            return []
+        conn.executemany(
+            "UPDATE attempts SET finished_at = ?, error = ?"
+            " WHERE task_id = ? AND series = ? AND attempt = ? AND finished_at IS NULL",
+            [(now, LAPSED_ERROR, row[1], row[3], row[4]) for row in picked if row[2]],
+        )
+        ids = [row[1] for row in picked]
+        conn.executemany(
+            "UPDATE tasks SET status = 'leased', attempt = attempt + 1, lease_token = ?,"
+            " lease_until = ?, worker = ? WHERE id = ?",
+            [(secrets.token_hex(16), now + lease, worker, task_id) for task_id in ids],
+        )
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(
+            "SELECT t.id, t.delivery_id, t.handler, t.attempt, t.series, t.lease_token,"
+            " d.webhook, d.event, d.body, d.headers, d.query, d.received_at"
+            f" FROM tasks t JOIN deliveries d ON d.id = t.delivery_id WHERE t.id IN ({marks})",
+            ids,
+        ).fetchall()
+        by_id = {row[0]: row for row in rows}
+        conn.executemany(
+            "INSERT INTO attempts (task_id, delivery_id, handler, series, attempt, worker,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r[0], r[1], r[2], r[4], r[3], worker, now) for r in rows],
+        )
+        return [_claimed(by_id[task_id]) for task_id in ids]
+
+    async def renew(self, task: ClaimedTask, lease: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE tasks SET lease_until = ?"
+                " WHERE id = ? AND lease_token = ? AND status = 'leased'",
+                (self.clock() + lease, task.task_id, task.lease_token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    async def complete(self, task: ClaimedTask) -> bool:
+        return await self._write(lambda conn: self._finish(conn, task, "done", None, None))
+
+    async def fail(self, task: ClaimedTask, error: str, retry_at: float | None) -> bool:
+        status = "dead" if retry_at is None else "pending"
+        ok = await self._write(lambda conn: self._finish(conn, task, status, error, retry_at))
+        if ok and retry_at is not None:
+            self._wakeup.notify()
+        return ok
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        task: ClaimedTask,
+        status: str,
+        error: str | None,
+        retry_at: float | None,
+    ) -> bool:
+        now = self.clock()
+        cursor = conn.execute(
+            "UPDATE tasks SET status = ?, lease_token = NULL, lease_until = NULL,"
+            " due_at = coalesce(?, due_at), last_error = coalesce(?, last_error)"
+            " WHERE id = ? AND lease_token = ? AND status = 'leased'",
+            (status, retry_at, error, task.task_id, task.lease_token),
+        )
+        if cursor.rowcount != 1:
+            return False  # fenced: the lease lapsed and someone else holds the task now
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?, error = ?"
+            " WHERE task_id = ? AND series = ? AND attempt = ?",
+            (now, error, task.task_id, task.series, task.attempt),
+        )
+        conn.execute(_STATUS_SQL, {"id": task.delivery_id})
+        return True
+
+    async def wait(self, timeout: float) -> None:
+        await wait_for_work(self, self._wakeup, timeout)
+
+    async def next_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT (SELECT min(due_at) FROM tasks WHERE status = 'pending'),"
+                " (SELECT min(lease_until) FROM tasks WHERE status = 'leased')"
+            ).fetchone()
+            times = [t for t in row if t is not None]
+            return min(times) if times else None
+
+        return await self._read(op)
+
+    async def pending_count(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "SELECT (SELECT count(*) FROM tasks WHERE status = 'pending')"
+                " + (SELECT count(*) FROM tasks WHERE status = 'leased')"
+            ).fetchone()[0]
+
+        return await self._read(op)
+
+    # -- operator reads and actions ----------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            result = empty_stats()
+            for table in ("deliveries", "tasks"):
+                for status, count in conn.execute(
+                    f"SELECT status, count(*) FROM {table} GROUP BY status"
+                ):
+                    result[table][status] = count
+            oldest = conn.execute(
+                "SELECT min(received_at) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()[0]
+            if oldest is not None:
+                result["oldest_pending_age"] = max(0.0, self.clock() - oldest)
+            return result
+
+        return await self._read(op)
+
+    async def list(
+        self,
+        status: str | None = None,
+        webhook: str | None = None,
+        event: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        check_list_args(status, limit)
+        where, params = _filters(status=status, webhook=webhook, event=event)
+        sql = f"{_SUMMARY_SQL} {where} ORDER BY d.received_at DESC, d.id DESC LIMIT ?"
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(sql, [*params, limit]).fetchall()
+            return [dict(zip(_SUMMARY_KEYS, row, strict=True)) for row in rows]
+
+        return await self._read(op)
+
+    async def get(self, delivery_id: str) -> dict[str, Any] | None:
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(f"{_SUMMARY_SQL} WHERE d.id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                return None
+            result = dict(zip(_SUMMARY_KEYS, row, strict=True))
+            key, series, headers, query, body = conn.execute(
+                "SELECT idempotency_key, series, headers, query, body FROM deliveries WHERE id = ?",
+                (delivery_id,),
+            ).fetchone()
+            result.update(
+                idempotency_key=key,
+                series=series,
+                headers=[tuple(pair) for pair in json.loads(headers)],
+                query=query,
+                body=bytes(body),
+            )
+            result["tasks"] = _dicts(
+                conn.execute(
+                    "SELECT id, handler, status, attempt, series, due_at, lease_until, last_error"
+                    " FROM tasks WHERE delivery_id = ? ORDER BY id",
+                    (delivery_id,),
+                )
+            )
+            result["attempts"] = _dicts(
+                conn.execute(
+                    "SELECT task_id, handler, series, attempt, worker, started_at, finished_at,"
+                    " error FROM attempts WHERE delivery_id = ? ORDER BY id",
+                    (delivery_id,),
+                )
+            )
+            return result
+
+        return await self._read(op)
+
+    async def replay(
+        self,
+        ids: Sequence[str] | None = None,
+        *,
+        status: str | None = None,
+        webhook: str | None = None,
+    ) -> int:
+        check_replay_args(ids, status, webhook)
+        count = await self._write(lambda conn: self._replay(conn, ids, status, webhook))
+        if count:
+            self._wakeup.notify()
+        return count
+
+    def _replay(
+        self,
+        conn: sqlite3.Connection,
+        ids: Sequence[str] | None,
+        status: str | None,
+        webhook: str | None,
+    ) -> int:
+        now = self.clock()
+        if ids is None:
+            where, params = _filters(status=status, webhook=webhook)
+            rows = conn.execute(f"SELECT d.id, d.status FROM deliveries d {where}", params)
+            selected = rows.fetchall()
+        else:
+            selected = []
+            for delivery_id in dict.fromkeys(ids):
+                row = conn.execute(
+                    "SELECT status, webhook FROM deliveries WHERE id = ?", (delivery_id,)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError("delivery", delivery_id)
+                if status in (None, row[0]) and webhook in (None, row[1]):
+                    selected.append((delivery_id, row[0]))
+        count = 0
+        for delivery_id, delivery_status in selected:
+            cursor = conn.execute("SELECT status FROM tasks WHERE delivery_id = ?", (delivery_id,))
+            statuses = [task_status for (task_status,) in cursor]
+            targets = replay_targets(delivery_status, statuses)
+            if targets is None:
+                continue
+            series = conn.execute(
+                "UPDATE deliveries SET series = series + 1, status = 'pending' WHERE id = ?"
+                " RETURNING series",
+                (delivery_id,),
+            ).fetchone()[0]
+            marks = ",".join("?" * len(targets))
+            conn.execute(
+                "UPDATE tasks SET status = 'pending', attempt = 0, series = ?, due_at = ?,"
+                f" lease_token = NULL, lease_until = NULL WHERE delivery_id = ?"
+                f" AND status IN ({marks})",
+                (series, now, delivery_id, *targets),
+            )
+            count += 1
+        return count
+
+    async def purge(self, status: str, older_than: float) -> int:
+        check_purge_args(status, older_than)
+        cutoff = self.clock() - older_than
+        total = 0
+        # Small transactions: a big purge must not hold the write lock for long.
+        while True:
+            count = await self._write(lambda conn: _purge_chunk(conn, status, cutoff, 500))
+            total += count
+            if count < 500:
+                return total
+
+    async def per_minute(self, since: float) -> list[tuple[int, str, int]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            rows = conn.execute(
+                "SELECT CAST(received_at / 60 AS INTEGER) * 60 AS minute, status, count(*)"
+                " FROM deliveries WHERE received_at >= ? GROUP BY minute, status"
+                " ORDER BY minute, status",
+                (since,),
+            )
+            return [(int(m), s, n) for m, s, n in rows]
+
+        return await self._read(op)
+
+
+class Writer:
+    """The one thread that writes: it commits whatever is queued as one transaction.
+
+    Each operation runs inside its own SAVEPOINT, so one that raises (a duplicate id, a
+    replay of an unknown delivery) is rolled back alone and the rest of its batch commits.
+    Operations are plain functions of the connection. ``submit`` returns a future of the
+    caller's own event loop, and after each commit the writer answers every loop with one
+    thread-safe callback: several loops may share the writer, and a batch of 200 answers
+    costs one wake-up per loop instead of 200.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, batch_size: int = 256) -> None:
+        self.commits = 0
+        self._connect = connect
+        self._batch_size = batch_size
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, name="dispatcher-inbox-writer", daemon=True
+        )
+
+    def start(self) -> concurrent.futures.Future[None]:
+        """Start the thread; the future resolves once the connection is configured."""
+        self._thread.start()
+        return self._ready
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``op``; the future resolves after the transaction holding it committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:  # no operation may slip in behind the stop marker and hang
+            if self._stopped:
+                raise RuntimeError("the inbox store is closed")
+            self._queue.put((op, loop, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish every queued operation, then close the connection and end the thread."""
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            with self._lock:
+                self._stopped = True
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            stopping = False
+            while not stopping:
+                batch: list[_Op] = []
+                item = self._queue.get()
+                while True:
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                    if len(batch) >= self._batch_size:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._commit(conn, batch)
+        finally:
+            conn.close()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Fail whatever is still queued (only if the thread died): no caller may hang."""
+        with self._lock:
+            self._stopped = True
+        leftovers: list[_Op] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not None:
+                    leftovers.append(item)
+        error = RuntimeError("the inbox writer stopped")
+        _answer([(loop, future, False, error) for _, loop, future in leftovers])
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # A caller that gave up (cancelled) before its turn is skipped, not half-done.
+        # Reading done() from this thread can only be stale towards running the op anyway.
+        ops = [item for item in batch if not item[2].done()]
+        if not ops:
+            return
+        answers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, loop, future in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    answers.append((loop, future, False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    answers.append((loop, future, True, value))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # The commit (or the transaction) failed: nothing of this batch is durable,
+            # so every caller hears about it, including those whose own op went well.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            _answer([(loop, future, False, exc) for _, loop, future in ops])
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        _answer(answers)
+
+
+def _answer(
+    answers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], bool, Any]],
+) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for loop, future, ok, value in answers:
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, results in by_loop.items():
+        # RuntimeError: that loop is closed, so nobody is left to answer there.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, results)
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():  # the caller was cancelled meanwhile
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS inbox_schema (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM inbox_schema").fetchone()
+    version = row[0] or 0
+    if version > SCHEMA_VERSION:
+        raise ValidationError(
+            "inbox",
+            f"the inbox schema is version {version}, newer than this dispatcher knows"
+            f" ({SCHEMA_VERSION}); upgrade webhook-dispatcher",
+        )
+    for index in range(version, SCHEMA_VERSION):
+        for statement in MIGRATIONS[index]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO inbox_schema (version) VALUES (?)", (index + 1,))
+
+
+def _purge_chunk(conn: sqlite3.Connection, status: str, cutoff: float, size: int) -> int:
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM deliveries WHERE status = ? AND received_at < ? LIMIT ?",
+            (status, cutoff, size),
+        )
+    ]
+    if ids:
+        marks = ",".join("?" * len(ids))
+        conn.execute(f"DELETE FROM attempts WHERE delivery_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM tasks WHERE delivery_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)
+    return len(ids)
+
+
+def _filters(**columns: str | None) -> tuple[str, list[Any]]:
+    parts = [f"d.{name} = ?" for name, value in columns.items() if value is not None]
+    params = [value for value in columns.values() if value is not None]
+    return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _claimed(row: Sequence[Any]) -> ClaimedTask:
+    return ClaimedTask(
+        task_id=row[0],
+        delivery_id=row[1],
+        handler=row[2],
+        attempt=row[3],
+        series=row[4],
+        lease_token=row[5],
+        webhook=row[6],
+        event=row[7],
+        body=bytes(row[8]),
+        headers=tuple((name, value) for name, value in json.loads(row[9])),
+        query=row[10],
+        received_at=row[11],
+    )

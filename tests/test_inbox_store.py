@@ -1,0 +1,584 @@
+"""The inbox contract, run against every store: memory, SQLite and PostgreSQL.
+
+Time is an injected clock moved by the tests; nothing here sleeps to make a lease lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dispatcher.errors import NotFoundError, ValidationError
+from dispatcher.inbox import (
+    InboxStore,
+    MemoryStore,
+    NewDelivery,
+    SQLiteStore,
+    open_inbox,
+    sqlite_path,
+)
+from dispatcher.inbox.base import LAPSED_ERROR
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_delivery(
+    clock: FakeClock,
+    id: str | None = None,
+    *,
+    webhook: str = "hook",
+    event: str | None = "ev",
+    key: str | None = None,
+    handlers: tuple[str, ...] = ("h1",),
+    body: bytes = b'{"n": 1}',
+) -> NewDelivery:
+    return NewDelivery(
+        id=id or uuid.uuid4().hex,
+        webhook=webhook,
+        event=event,
+        idempotency_key=key,
+        body=body,
+        headers=(("content-type", "application/json"), ("x-sig", "abc"), ("x-sig", "def")),
+        query="a=1&b=2",
+        received_at=clock(),
+        handlers=handlers,
+    )
+
+
+def build_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Any:
+    if kind == "memory":
+        return MemoryStore(clock=clock)
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "inbox.db", clock=clock)
+    from dispatcher.inbox.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgres_url")
+    return PostgresStore(url, schema=f"test_{uuid.uuid4().hex[:12]}", clock=clock)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, anyio_backend: str, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Any]:
+    store = build_store(request.param, request, tmp_path, clock)
+    await store.open()
+    try:
+        yield store
+    finally:
+        if request.param == "postgres":
+            await store.drop_schema()
+        await store.close()
+
+
+# -- add ----------------------------------------------------------------------------------
+
+
+async def test_add_stores_the_delivery_and_one_task_per_handler(store, clock) -> None:
+    d = make_delivery(clock, "d1", key="k1", handlers=("h1", "h2", "h1"))
+    assert await store.add(d) == "stored"
+    got = await store.get("d1")
+    assert got is not None
+    assert (got["webhook"], got["event"], got["idempotency_key"]) == ("hook", "ev", "k1")
+    assert got["body"] == b'{"n": 1}'
+    assert got["headers"] == list(d.headers)
+    assert got["query"] == "a=1&b=2"
+    assert got["received_at"] == T0
+    assert got["status"] == "pending"
+    assert [(t["handler"], t["status"], t["attempt"]) for t in got["tasks"]] == [
+        ("h1", "pending", 0),
+        ("h2", "pending", 0),
+    ]
+    assert got["attempts"] == []
+    assert await store.get("nope") is None
+
+
+async def test_a_delivery_without_handlers_is_done_at_once(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1", handlers=()))
+    assert (await store.get("d1"))["status"] == "done"
+    assert await store.claim("w", 10, 30) == []
+    assert await store.idle()
+
+
+async def test_duplicates_are_per_webhook_and_key(store, clock) -> None:
+    assert await store.add(make_delivery(clock, "a", key="k")) == "stored"
+    assert await store.add(make_delivery(clock, "b", key="k")) == "duplicate"
+    assert await store.add(make_delivery(clock, "c", key="k", webhook="other")) == "stored"
+    assert await store.add(make_delivery(clock, "d", key=None)) == "stored"
+    assert await store.add(make_delivery(clock, "e", key=None)) == "stored"
+    assert await store.get("b") is None
+    assert (await store.stats())["tasks"]["pending"] == 4
+
+
+async def test_fifty_concurrent_adds_of_one_key_store_exactly_one(store, clock) -> None:
+    results = await asyncio.gather(
+        *(store.add(make_delivery(clock, f"d{i}", key="same")) for i in range(50))
+    )
+    assert results.count("stored") == 1
+    assert results.count("duplicate") == 49
+    assert (await store.stats())["deliveries"]["pending"] == 1
+
+
+async def test_a_reused_delivery_id_raises(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    with pytest.raises(Exception):  # noqa: B017 - each store raises its own integrity error
+        await store.add(make_delivery(clock, "d1"))
+    assert await store.pending_count() == 1
+
+
+# -- claim, leases, fencing -----------------------------------------------------------------
+
+
+async def test_claim_takes_the_oldest_due_first_up_to_the_limit(store, clock) -> None:
+    for i in range(4):
+        await store.add(make_delivery(clock, f"d{i}"))
+        clock.advance(1)
+    first = await store.claim("w", 2, 30)
+    assert [t.delivery_id for t in first] == ["d0", "d1"]
+    assert all(t.attempt == 1 and t.series == 0 and t.handler == "h1" for t in first)
+    assert first[0].body == b'{"n": 1}' and first[0].query == "a=1&b=2"
+    assert first[0].headers[1:] == (("x-sig", "abc"), ("x-sig", "def"))
+    assert first[0].lease_token != first[1].lease_token
+    assert [t.delivery_id for t in await store.claim("w", 10, 30)] == ["d2", "d3"]
+    assert await store.claim("w", 10, 30) == []
+
+
+async def test_a_lease_is_reclaimed_only_after_it_lapsed(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (task,) = await store.claim("w1", 1, 30)
+    clock.advance(29)
+    assert await store.claim("w2", 1, 30) == []
+    assert await store.next_due() == T0 + 30
+    clock.advance(2)
+    (again,) = await store.claim("w2", 1, 30)
+    assert again.task_id == task.task_id
+    assert again.attempt == 2
+    assert again.lease_token != task.lease_token
+    attempts = (await store.get("d1"))["attempts"]
+    assert [(a["attempt"], a["worker"], a["error"]) for a in attempts] == [
+        (1, "w1", LAPSED_ERROR),
+        (2, "w2", None),
+    ]
+
+
+async def test_a_stale_lease_token_cannot_complete_fail_or_renew(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (stale,) = await store.claim("w1", 1, 10)
+    clock.advance(11)
+    (fresh,) = await store.claim("w2", 1, 10)
+    assert not await store.complete(stale)
+    assert not await store.fail(stale, "late", None)
+    assert not await store.renew(stale, 100)
+    got = await store.get("d1")
+    assert got["status"] == "pending" and got["tasks"][0]["status"] == "leased"
+    assert await store.complete(fresh)
+    assert not await store.complete(fresh)  # done is final: a second complete is fenced too
+    assert (await store.get("d1"))["status"] == "done"
+
+
+async def test_renew_keeps_the_lease_alive(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (task,) = await store.claim("w1", 1, 10)
+    clock.advance(8)
+    assert await store.renew(task, 10)
+    clock.advance(8)
+    assert await store.claim("w2", 1, 10) == []
+    clock.advance(3)
+    assert len(await store.claim("w2", 1, 10)) == 1
+
+
+async def test_no_task_is_handed_to_two_concurrent_claimers(store, clock) -> None:
+    for i in range(20):
+        await store.add(make_delivery(clock, f"d{i}", handlers=("a", "b", "c")))
+    batches = await asyncio.gather(*(store.claim(f"w{i}", 3, 30) for i in range(30)))
+    ids = [t.task_id for batch in batches for t in batch]
+    assert len(ids) == 60
+    assert len(set(ids)) == 60
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+
+async def test_fail_with_retry_at_makes_the_task_due_later(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (task,) = await store.claim("w", 1, 30)
+    assert await store.fail(task, "ValueError: boom", T0 + 60)
+    got = await store.get("d1")
+    assert got["status"] == "pending"
+    assert got["tasks"][0]["status"] == "pending"
+    assert got["attempts"][0]["error"] == "ValueError: boom"
+    assert got["attempts"][0]["finished_at"] == T0
+    assert await store.next_due() == T0 + 60
+    clock.advance(59)
+    assert await store.claim("w", 1, 30) == []
+    clock.advance(1)
+    (again,) = await store.claim("w", 1, 30)
+    assert again.attempt == 2
+
+
+async def test_fail_without_retry_is_dead(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1", handlers=("a", "b")))
+    a, b = await store.claim("w", 2, 30)
+    assert await store.fail(a, "gave up", None)
+    assert (await store.get("d1"))["status"] == "pending"  # b still runs
+    assert await store.complete(b)
+    got = await store.get("d1")
+    assert got["status"] == "dead"
+    assert sorted(t["status"] for t in got["tasks"]) == ["dead", "done"]
+    assert await store.idle()
+    assert await store.next_due() is None
+
+
+async def test_replay_starts_a_new_series_of_the_dead_tasks(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1", handlers=("a", "b")))
+    a, b = await store.claim("w", 2, 30)
+    await store.fail(a, "boom", None)
+    await store.complete(b)
+    clock.advance(5)
+    assert await store.replay(["d1"]) == 1
+    got = await store.get("d1")
+    assert got["status"] == "pending" and got["series"] == 1
+    (again,) = await store.claim("w", 10, 30)
+    assert (again.handler, again.attempt, again.series) == ("a", 1, 1)
+    await store.complete(again)
+    got = await store.get("d1")
+    assert got["status"] == "done"
+    assert [(x["handler"], x["series"], x["attempt"]) for x in got["attempts"]] == [
+        ("a", 0, 1),
+        ("b", 0, 1),
+        ("a", 1, 1),
+    ]
+    assert got["attempts"][0]["error"] == "boom"  # history is kept
+
+
+async def test_replay_of_a_done_delivery_runs_every_task(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1", handlers=("a", "b")))
+    for task in await store.claim("w", 2, 30):
+        await store.complete(task)
+    assert await store.replay(["d1"]) == 1
+    assert sorted(t.handler for t in await store.claim("w", 10, 30)) == ["a", "b"]
+
+
+async def test_replay_selects_by_status_and_webhook(store, clock) -> None:
+    for i, hook in enumerate(["x", "x", "y"]):
+        await store.add(make_delivery(clock, f"d{i}", webhook=hook))
+    await store.add(make_delivery(clock, "in-flight", webhook="x"))
+    tasks = {t.delivery_id: t for t in await store.claim("w", 3, 30)}
+    for delivery_id in ("d0", "d1", "d2"):
+        await store.fail(tasks[delivery_id], "boom", None)
+    assert await store.replay(status="dead", webhook="x") == 2
+    assert (await store.get("d2"))["status"] == "dead"
+    assert await store.replay(status="pending") == 0  # in flight: nothing dead to replay
+    assert await store.replay(["d2"], webhook="x") == 0
+
+
+async def test_replay_refuses_unknown_ids_and_an_empty_selection(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (task,) = await store.claim("w", 1, 30)
+    await store.fail(task, "boom", None)
+    with pytest.raises(NotFoundError):
+        await store.replay(["d1", "missing"])
+    assert (await store.get("d1"))["status"] == "dead"  # all or nothing
+    with pytest.raises(ValidationError):
+        await store.replay()
+
+
+async def test_purge_and_prune_delete_old_finished_deliveries(store, clock) -> None:
+    await store.add(make_delivery(clock, "old-done", key="k"))
+    await store.add(make_delivery(clock, "old-dead"))
+    await store.add(make_delivery(clock, "old-pending"))
+    tasks = {t.delivery_id: t for t in await store.claim("w", 2, 30)}
+    await store.complete(tasks["old-done"])
+    await store.fail(tasks["old-dead"], "boom", None)
+    clock.advance(8 * 86400)
+    await store.add(make_delivery(clock, "new-done", handlers=()))
+    assert await store.prune() == 1  # 7 days by default; the new one is younger
+    assert await store.get("old-done") is None
+    assert await store.get("new-done") is not None
+    assert await store.get("old-dead") is not None
+    assert await store.add(make_delivery(clock, "again", key="k")) == "stored"  # key forgotten
+    assert await store.purge("dead", 86400) == 1
+    assert await store.get("old-dead") is None
+    with pytest.raises(ValidationError):
+        await store.purge("pending", 0)
+    assert await store.get("old-pending") is not None
+
+
+# -- operator reads ---------------------------------------------------------------------------
+
+
+async def test_stats_counts_and_oldest_pending_age(store, clock) -> None:
+    assert (await store.stats())["oldest_pending_age"] is None
+    await store.add(make_delivery(clock, "d1"))
+    clock.advance(10)
+    await store.add(make_delivery(clock, "d2", handlers=("a", "b")))
+    (task,) = await store.claim("w", 1, 30)
+    await store.fail(task, "boom", None)
+    clock.advance(5)
+    stats = await store.stats()
+    assert stats["deliveries"] == {"pending": 1, "done": 0, "dead": 1}
+    assert stats["tasks"] == {"pending": 2, "leased": 0, "done": 0, "dead": 1}
+    assert stats["oldest_pending_age"] == pytest.approx(5.0)
+    assert await store.pending_count() == 2
+
+
+async def test_list_is_newest_first_and_filters(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1", webhook="x", event="paid"))
+    clock.advance(1)
+    await store.add(make_delivery(clock, "d2", webhook="x", event=None))
+    clock.advance(1)
+    await store.add(make_delivery(clock, "d3", webhook="y", event="paid"))
+    tasks = {t.delivery_id: t for t in await store.claim("w", 1, 30)}
+    await store.fail(tasks["d1"], "KeyError: 'id'\n  File ...", None)
+    assert [r["id"] for r in await store.list()] == ["d3", "d2", "d1"]
+    assert [r["id"] for r in await store.list(limit=2)] == ["d3", "d2"]
+    assert [r["id"] for r in await store.list(webhook="x")] == ["d2", "d1"]
+    assert [r["id"] for r in await store.list(event="paid")] == ["d3", "d1"]
+    (dead,) = await store.list(status="dead")
+    assert dead == {
+        "id": "d1",
+        "webhook": "x",
+        "event": "paid",
+        "status": "dead",
+        "received_at": T0,
+        "attempts": 1,
+        "last_error": "KeyError: 'id'\n  File ...",
+    }
+    with pytest.raises(ValidationError):
+        await store.list(status="leased")
+
+
+async def test_per_minute_counts_by_current_status(store, clock) -> None:
+    start = 1_700_000_040.0  # a whole minute
+    clock.now = start
+    await store.add(make_delivery(clock, "a"))
+    await store.add(make_delivery(clock, "b", handlers=()))
+    clock.advance(61)
+    await store.add(make_delivery(clock, "c"))
+    assert await store.per_minute(start) == [
+        (int(start), "done", 1),
+        (int(start), "pending", 1),
+        (int(start) + 60, "pending", 1),
+    ]
+    assert await store.per_minute(start + 60) == [(int(start) + 60, "pending", 1)]
+
+
+# -- waiting ----------------------------------------------------------------------------------
+
+
+async def test_wait_returns_when_work_is_added(store, clock) -> None:
+    await store.wait(0)  # consume any remembered signal
+    with anyio.fail_after(3):
+        async with anyio.create_task_group() as tg:
+            woke = anyio.Event()
+
+            async def waiter() -> None:
+                await store.wait(30)
+                woke.set()
+
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            assert not woke.is_set()
+            await store.add(make_delivery(clock, "d1"))
+            await woke.wait()
+
+
+async def test_wait_returns_when_a_retry_falls_due(store, clock) -> None:
+    await store.add(make_delivery(clock, "d1"))
+    (task,) = await store.claim("w", 1, 30)
+    await store.fail(task, "boom", T0 + 0.05)
+    await store.wait(0)  # the fail signalled; consume it
+    started = time.monotonic()
+    await store.wait(10)
+    assert time.monotonic() - started < 2
+
+
+# -- store-specific -----------------------------------------------------------------------------
+
+
+def test_one_store_serves_several_event_loops(tmp_path: Path) -> None:
+    for store in (MemoryStore(), SQLiteStore(tmp_path / "loops.db")):
+        asyncio.run(store.open())
+        asyncio.run(store.wait(0))  # a first loop, now closed, touched the wake-up
+        assert asyncio.run(store.add(make_delivery(FakeClock(time.time()), "d1"))) == "stored"
+        woke: list[float] = []
+
+        def waiter(store: InboxStore = store, woke: list[float] = woke) -> None:
+            started = time.monotonic()
+            asyncio.run(store.wait(10))
+            woke.append(time.monotonic() - started)
+
+        (task,) = asyncio.run(store.claim("w", 1, 30))
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.1)
+        asyncio.run(store.add(make_delivery(FakeClock(time.time()), "d2")))
+        thread.join(5)
+        assert woke and woke[0] < 3
+        assert asyncio.run(store.complete(task))
+        asyncio.run(store.close())
+
+
+async def test_sqlite_uses_wal_and_full_sync(tmp_path: Path, anyio_backend: str) -> None:
+    async with SQLiteStore(tmp_path / "a" / "b" / "inbox.db") as store:
+        assert await store.pragma("journal_mode") == "wal"
+        assert await store.pragma("synchronous") == 2  # FULL
+    async with SQLiteStore(tmp_path / "n.db", synchronous="NORMAL") as store:
+        assert await store.pragma("synchronous") == 1
+    with pytest.raises(ValidationError):
+        SQLiteStore(tmp_path / "x.db", synchronous="sometimes")
+
+
+async def test_sqlite_group_commits_concurrent_writes(tmp_path: Path, anyio_backend: str) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        before = store.commits
+        results = await asyncio.gather(
+            *(store.add(make_delivery(clock, f"d{i}")) for i in range(200))
+        )
+        assert results == ["stored"] * 200
+        commits = store.commits - before
+        assert 1 <= commits < 50
+        sequential = store.commits
+        await store.add(make_delivery(clock, "one"))
+        await store.add(make_delivery(clock, "two"))
+        assert store.commits - sequential == 2  # an idle writer commits at once
+
+
+async def test_sqlite_one_failing_op_does_not_fail_its_batch(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        await store.add(make_delivery(clock, "taken"))
+        ops = [store.add(make_delivery(clock, f"d{i}")) for i in range(20)]
+        ops.insert(10, store.add(make_delivery(clock, "taken", handlers=("x", "y"))))
+        results = await asyncio.gather(*ops, return_exceptions=True)
+        assert isinstance(results[10], sqlite3.IntegrityError)
+        assert results[:10] + results[11:] == ["stored"] * 20
+        got = await store.get("taken")
+        assert [t["handler"] for t in got["tasks"]] == ["h1"]  # the failed op left nothing
+        assert await store.pending_count() == 21
+
+
+async def test_sqlite_close_finishes_queued_writes_and_data_survives(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "inbox.db", clock=clock)
+    await store.open()
+    adds = [asyncio.ensure_future(store.add(make_delivery(clock, f"d{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # every add has queued its operation
+    await store.close()
+    assert [a.result() for a in adds] == ["stored"] * 50
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.add(make_delivery(clock, "late"))
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as again:
+        assert (await again.stats())["deliveries"]["pending"] == 50
+
+
+async def test_postgres_migrates_safely_from_several_processes_at_once(
+    postgres_url: str, anyio_backend: str
+) -> None:
+    from dispatcher.inbox.postgres import PostgresStore
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    stores = [PostgresStore(postgres_url, schema=schema) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        versions = await stores[0].pool.fetch(f'SELECT version FROM "{schema}".inbox_schema')
+        assert [r["version"] for r in versions] == [1]
+        await stores[1].migrate()
+        assert await stores[2].add(make_delivery(FakeClock(), "d1")) == "stored"
+    finally:
+        await stores[0].drop_schema()
+        for s in stores:
+            await s.close()
+
+
+async def test_postgres_polls_when_listen_is_unavailable(
+    postgres_url: str, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.inbox.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, schema=f"test_{uuid.uuid4().hex[:12]}", poll_interval=0.1)
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no listening today")
+
+    monkeypatch.setattr(store._asyncpg, "connect", refuse)
+    async with store:
+        try:
+            started = time.monotonic()
+            await store.wait(10)
+            await store.wait(10)
+            assert time.monotonic() - started < 2  # polled, did not sleep for 10 s
+        finally:
+            await store.drop_schema()
+
+
+# -- open_inbox -----------------------------------------------------------------------------------
+
+
+def test_open_inbox_picks_the_store_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_inbox("memory://"), MemoryStore)
+    relative = open_inbox("sqlite:///data/inbox.db")
+    assert isinstance(relative, SQLiteStore) and relative.path == Path("data/inbox.db")
+    absolute = open_inbox(f"sqlite:///{tmp_path}/inbox.db", synchronous="NORMAL")
+    assert absolute.path == tmp_path / "inbox.db" and absolute.path.is_absolute()
+    assert absolute.synchronous == "NORMAL"
+    assert sqlite_path("sqlite:////var/lib/x.db") == Path("/var/lib/x.db")
+    pg = open_inbox("postgres://u:pw@db:5432/app?schema=hooks&sslmode=disable")
+    assert pg.schema == "hooks" and pg.dsn == "postgres://u:pw@db:5432/app?sslmode=disable"
+    assert open_inbox("postgresql://u@db/app").schema == "dispatcher"
+
+
+@pytest.mark.parametrize("url", ["mysql://u:secret@db/x", "sqlite:///", "inbox.db", ""])
+def test_open_inbox_rejects_other_urls_listing_the_accepted_forms(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        open_inbox(url)
+    assert info.value.field == "inbox"
+    assert "sqlite:///relative/path.db" in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_a_missing_asyncpg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now raises ImportError
+    with pytest.raises(ValidationError, match=r"pip install 'webhook-dispatcher\[postgres\]'"):
+        open_inbox("postgresql://u@db/app")
+
+
+async def test_sqlite_creates_the_file_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with open_inbox("sqlite:///nested/dir/inbox.db"):
+        pass
+    assert (tmp_path / "nested" / "dir" / "inbox.db").is_file()
