@@ -18,6 +18,7 @@ from .errors import (
 from .event import Event
 from .headers import Headers
 from .pipeline import DispatchResult, HandlerOutcome
+from .retry import Retry
 from .routing import Router
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "HandlerRegistrationError",
     "Headers",
     "NotFoundError",
+    "Retry",
     "Router",
     "ValidationError",
     "Webhook",

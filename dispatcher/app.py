@@ -17,11 +17,13 @@ import orjson
 
 from .catalog import Catalog, WebhookEvent, WebhooksAPI
 from .catalogfile import check_catalog_data, read_catalog_file, write_catalog_file
-from .errors import HandlerRegistrationError, ValidationError
+from .errors import DispatcherError, HandlerRegistrationError, ValidationError
 from .headers import Headers
 from .idempotency import IdempotencyGuard
 from .metrics import Metrics, create_metrics
 from .pipeline import DispatchResult, Pipeline
+from .queued import QueuedMode
+from .retry import Retry
 from .receiver import Receive, Receiver, Scope, Send, send_json
 from .routing import Router
 from .samples import TestingKit
@@ -41,6 +43,17 @@ class Dispatcher:
         "reject" answers 422 and runs no handler.
       max_body_size: bodies over this many bytes get 413 (default 25 MiB).
       idempotency_ttl: how long a delivery key counts as seen (default 24 h).
+      inbox: a URL (``sqlite:///inbox.db``, ``postgresql://user@host/db``) or an
+        InboxStore: queued mode. Each delivery is stored before it is answered
+        (202), and workers run its handlers with retries. None: inline mode.
+      retry: the default ``Retry`` policy of queued handlers (``on(tag, retry=...)``
+        sets one per handler).
+      lease: seconds a worker holds a task; renewed every third of it while the
+        handler runs, reclaimed by another worker once it lapses.
+      concurrency: handlers each in-process worker runs at once (0: this process
+        only receives; run ``dispatcher worker`` elsewhere).
+      retention: age after which done deliveries are pruned (default 7 days).
+      graceful_timeout: seconds shutdown waits for running handlers.
       console_token: turns on the operator console at ``/_ui``; every page asks for it.
     """
 
@@ -50,6 +63,12 @@ class Dispatcher:
         unmatched: str = "accept",
         max_body_size: int = 25 * MiB,
         idempotency_ttl: float = 24 * 3600.0,
+        inbox: str | Any = None,
+        retry: Retry | None = None,
+        lease: float = 30.0,
+        concurrency: int = 4,
+        retention: float = 7 * 86400.0,
+        graceful_timeout: float = 30.0,
         console_token: str | None = None,
     ) -> None:
         self.catalog = Catalog()
@@ -59,16 +78,64 @@ class Dispatcher:
         self.metrics: Metrics = create_metrics(self)
         self.console_token = console_token
         self._console: Any = None
-        self.inbox: Any = None  # queued mode: set by the inbox option
+        self.inbox: QueuedMode | None = None  # queued mode: set by the inbox option
         self.pipeline = Pipeline(self)
         self.testing = TestingKit(self)
         self.started = False
         self._receiver = Receiver(self)
         self._start_lock = threading.Lock()
-        self.configure(unmatched=unmatched, max_body_size=max_body_size)
+        self.retry = Retry()
+        self.lease = 30.0
+        self.concurrency = 4
+        self.retention = 7 * 86400.0
+        self.graceful_timeout = graceful_timeout
+        self.configure(
+            unmatched=unmatched, max_body_size=max_body_size, retry=retry, inbox=inbox,
+            lease=lease, concurrency=concurrency, retention=retention,
+        )  # fmt: skip
 
-    def configure(self, *, unmatched: str | None = None, max_body_size: int | None = None) -> None:
+    def configure(
+        self,
+        *,
+        unmatched: str | None = None,
+        max_body_size: int | None = None,
+        inbox: str | Any = None,
+        retry: Retry | None = None,
+        lease: float | None = None,
+        concurrency: int | None = None,
+        retention: float | None = None,
+        graceful_timeout: float | None = None,
+        console_token: str | None = None,
+    ) -> None:
         """Change options after construction (``dispatcher serve`` flags use this)."""
+        if self.started:
+            raise DispatcherError("configure() before the dispatcher starts, not while it runs")
+        if retry is not None:
+            if not isinstance(retry, Retry):
+                raise ValidationError(
+                    "retry", "must be a dispatcher.Retry(max_attempts=, base=, max_delay=)"
+                )
+            self.retry = retry
+        if graceful_timeout is not None:
+            self.graceful_timeout = graceful_timeout
+        if console_token is not None:
+            self.console_token = console_token
+        if lease is not None:
+            if not lease > 0:
+                raise ValidationError("lease", f"must be a positive number of seconds, got {lease}")
+            self.lease = lease
+        if concurrency is not None:
+            if concurrency < 0:
+                raise ValidationError("concurrency", f"must be 0 or more, got {concurrency}")
+            self.concurrency = concurrency
+        if retention is not None:
+            if not retention > 0:
+                raise ValidationError(
+                    "retention", f"must be a positive number of seconds, got {retention}"
+                )
+            self.retention = retention
+        if inbox is not None:
+            self.inbox = QueuedMode(self, inbox)
         if unmatched is not None:
             if unmatched not in ("accept", "reject"):
                 raise ValidationError(
@@ -171,7 +238,7 @@ class Dispatcher:
 
     async def shutdown(self) -> None:
         if self.inbox is not None:
-            await self.inbox.stop()
+            await self.inbox.stop(self.graceful_timeout)
         self.started = False
 
     async def ensure_started(self) -> str | None:

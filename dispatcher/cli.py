@@ -93,65 +93,111 @@ def _pair(text: str, sep: str, option: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def _target_options(func: Any) -> Any:
+    """The options that say what to load: shared by serve and worker."""
+    options = [
+        click.argument("target"),
+        click.option("--handlers", "handler_modules", multiple=True, metavar="MODULE",
+                     help="A module whose Routers (or register(hooks)) hold handlers; repeatable."),
+        click.option("--inbox", default=None, metavar="URL",
+                     help="Queued mode: sqlite:///inbox.db (relative), sqlite:////abs.db, "
+                          "postgresql://user@host/db."),
+        click.option("--lease", default=None, type=float,
+                     help="Seconds a worker holds a task (renewed while it runs)  [default: 30]"),
+        click.option("--concurrency", default=None, type=click.IntRange(min=0),
+                     help="Handlers run at once by this process's workers (serve: 0 = none)  "
+                          "[default: 4]"),
+        click.option("--log-level", default="info", show_default=True,
+                     type=click.Choice(["critical", "error", "warning", "info", "debug"])),
+        click.option("--log-format", default="text", show_default=True,
+                     type=click.Choice(["text", "json"]),
+                     help="A readable line per delivery, or one JSON object per line."),
+        click.option("--graceful-timeout", default=30.0, show_default=True, type=float,
+                     help="Seconds to let running deliveries and handlers finish on SIGTERM."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(**given: Any) -> dict[str, Any]:
+    return {name: value for name, value in given.items() if value is not None}
+
+
 @main.command()
-@click.argument("target")
-@click.option(
-    "--handlers",
-    "handler_modules",
-    multiple=True,
-    metavar="MODULE",
-    help="A module whose Routers (or register(hooks)) hold the handlers; repeatable.",
-)
+@_target_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option(
-    "--workers",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Receiver processes.",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-)
-@click.option(
-    "--graceful-timeout",
-    default=30.0,
-    show_default=True,
-    type=float,
-    help="Seconds to let in-flight deliveries finish on SIGTERM.",
-)
-@click.option(
-    "--log-format",
-    default="text",
-    show_default=True,
-    type=click.Choice(["text", "json"]),
-    help="A readable line per delivery, or one JSON object per line.",
-)
-@click.option(
-    "--unmatched",
-    type=click.Choice(["accept", "reject"]),
-    default=None,
-    help="Answer unmatched payloads 200 (accept) or 422 (reject).",
-)
-def serve(target: str, handler_modules: tuple[str, ...], host: str, port: int, workers: int,
-          log_level: str, graceful_timeout: float, log_format: str,
-          unmatched: str | None) -> None:  # fmt: skip
-    """Run the receiver. TARGET is module:attribute (a Dispatcher) or a catalog file."""
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Receiver processes.")  # fmt: skip
+@click.option("--unmatched", type=click.Choice(["accept", "reject"]), default=None,
+              help="Answer unmatched payloads 200 (accept) or 422 (reject).")  # fmt: skip
+@click.option("--console-token", default=None, help="Turn on the console at /_ui with this token.")
+@click.option("--console-token-env", default=None, metavar="VAR",
+              help="Read the console token from this environment variable.")  # fmt: skip
+def serve(target: str, handler_modules: tuple[str, ...], inbox: str | None, lease: float | None,
+          concurrency: int | None, log_level: str, log_format: str, graceful_timeout: float,
+          host: str, port: int, workers: int, unmatched: str | None, console_token: str | None,
+          console_token_env: str | None) -> None:  # fmt: skip
+    """Run the receiver. TARGET is module:attribute (a Dispatcher) or a catalog file.
+
+    With --inbox, every delivery is stored before it is answered (202) and this
+    process's workers run the handlers (--concurrency 0: receive only).
+    """
     from .server import Target, run
 
-    configure: dict[str, Any] = {}
-    if unmatched:
-        configure["unmatched"] = unmatched
-    spec = Target(target, list(handler_modules), configure=configure)
     try:
+        token = _console_token(console_token, console_token_env)
+        configure = _settings(
+            unmatched=unmatched, inbox=inbox, lease=lease, concurrency=concurrency,
+            graceful_timeout=graceful_timeout, console_token=token,
+        )  # fmt: skip
+        spec = Target(target, list(handler_modules), configure=configure)
         run(spec, host=host, port=port, workers=workers, log_level=log_level,
             graceful_timeout=graceful_timeout, log_format=log_format)  # fmt: skip
     except DispatcherError as error:
         _fail(error)
+
+
+def _console_token(token: str | None, env_name: str | None) -> str | None:
+    import os
+
+    if token and env_name:
+        raise click.UsageError("give --console-token or --console-token-env, not both")
+    if env_name:
+        token = os.environ.get(env_name, "")
+        if not token:
+            raise click.UsageError(f"environment variable {env_name} is not set or empty")
+    return token
+
+
+@main.command()
+@_target_options
+def worker(target: str, handler_modules: tuple[str, ...], inbox: str | None, lease: float | None,
+           concurrency: int | None, log_level: str, log_format: str,
+           graceful_timeout: float) -> None:  # fmt: skip
+    """Run inbox workers for TARGET without a receiver (several may share one inbox).
+
+    The inbox comes from --inbox, or from the Dispatcher TARGET names.
+    """
+    from .server import Target, run_worker
+
+    try:
+        configure = _settings(inbox=inbox, lease=lease, concurrency=concurrency,
+                              graceful_timeout=graceful_timeout)  # fmt: skip
+        run_worker(Target(target, list(handler_modules), configure=configure),
+                   log_level=log_level, log_format=log_format)  # fmt: skip
+    except DispatcherError as error:
+        _fail(error)
+
+
+def _attach_inbox_commands() -> None:
+    from .inbox.cli import inbox
+
+    main.add_command(inbox)
+
+
+_attach_inbox_commands()
 
 
 @main.command()

@@ -155,3 +155,38 @@ def run(target: Target, *, host: str, port: int, workers: int, log_level: str,
     server.run()
     if not server.started:
         raise DispatcherError("the receiver did not start (see the log above)")
+
+
+def run_worker(target: Target, *, log_level: str, log_format: str) -> None:
+    """``dispatcher worker``: run inbox workers until SIGTERM/SIGINT, then stop gracefully."""
+    import asyncio
+    import logging.config
+
+    logging.config.dictConfig(logging_config(log_level, log_format))
+    hooks = target.load()
+    if hooks.inbox is None:
+        raise ValidationError("inbox", "a worker needs an inbox: pass --inbox URL")
+    hooks.check()
+    concurrency = hooks.concurrency or 4  # serve --concurrency 0 means "receive only"; not here
+    asyncio.run(_work(hooks, concurrency))
+
+
+async def _work(hooks: Dispatcher, concurrency: int) -> None:
+    import asyncio
+    import logging
+
+    log = logging.getLogger("dispatcher")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    inbox = hooks.inbox
+    assert inbox is not None
+    await inbox.open()
+    await inbox.start_workers(concurrency)
+    log.info(
+        "worker %s running %d at a time", inbox.worker.name if inbox.worker else "?", concurrency
+    )
+    await stop.wait()
+    log.info("stopping: letting running handlers finish (up to %g s)", hooks.graceful_timeout)
+    await inbox.stop(hooks.graceful_timeout)

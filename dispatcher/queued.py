@@ -1,0 +1,219 @@
+"""Queued mode: store every accepted delivery before acknowledging it, run handlers from the inbox.
+
+The receiver's side is ``enqueue``: one transaction stores the delivery and one
+task per handler, then the answer is 202 (503 if the store failed: nothing is
+acknowledged that is not stored). The workers' side is ``run_task``: rebuild
+the Event from the stored delivery and run one handler; the Worker retries
+with backoff and dead-letters. ``on_error`` handlers hear of a task only when
+it is dead, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import QueryParams
+
+from .bodies import body_kind, parse_body
+from .errors import DispatcherError, ValidationError
+from .event import Event
+from .headers import Headers
+from .inbox import InboxStore, open_inbox
+from .inbox.base import ClaimedTask, NewDelivery
+from .pipeline import DispatchResult, rejected
+from .retry import Retry
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from .app import Dispatcher
+    from .routing import Handler
+
+logger = logging.getLogger("dispatcher")
+
+PRUNE_EVERY = 3600.0  # seconds between retention sweeps of done deliveries
+
+
+class QueuedMode:
+    """The inbox of a Dispatcher: its store and, unless ``concurrency`` is 0, its workers."""
+
+    def __init__(self, hooks: Dispatcher, inbox: str | InboxStore) -> None:
+        self.hooks = hooks  # its lease, concurrency, retention and retry apply
+        if isinstance(inbox, str):
+            self.store = open_inbox(inbox)
+        elif isinstance(inbox, InboxStore):
+            self.store = inbox
+        else:
+            raise ValidationError(
+                "inbox", "must be a URL such as sqlite:///inbox.db, or a dispatcher.inbox store"
+            )
+        self.worker: Worker | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._opened = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if not self._opened:
+            await self.store.open()
+            self._opened = True
+
+    async def start(self) -> None:
+        """Open the store and, for an in-process receiver, start the workers and the pruner."""
+        await self.open()
+        if self.hooks.concurrency > 0:
+            await self.start_workers(self.hooks.concurrency)
+
+    async def start_workers(self, concurrency: int) -> None:
+        self.worker = Worker(
+            self.store,
+            self.run_task,
+            retry_for=self.retry_for,
+            concurrency=concurrency,
+            lease=self.hooks.lease,
+            on_dead=self.on_dead,
+        )
+        await self.worker.start()
+        self._pruner = asyncio.create_task(self._prune_forever(), name="dispatcher-inbox-pruner")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
+        if self.worker is not None:
+            await self.worker.stop(timeout)
+            self.worker = None
+        if self._opened:
+            await self.store.close()
+            self._opened = False
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until no task is pending or running (tests: ``client.drain()``)."""
+        deadline = time.monotonic() + timeout
+        while not await self.store.idle():
+            if time.monotonic() > deadline:
+                stats = await self.store.stats()
+                raise TimeoutError(f"the inbox is still busy after {timeout} s: {stats}")
+            await asyncio.sleep(0.01)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                pruned = await self.store.prune(self.hooks.retention)
+                if pruned:
+                    logger.info("inbox: pruned %d done deliveries older than the retention", pruned)
+            except Exception:
+                logger.exception("inbox: pruning failed")
+            await asyncio.sleep(PRUNE_EVERY)
+
+    # --- the receiver's side ---------------------------------------------------------------------
+
+    async def enqueue(
+        self, event: Event, handlers: tuple[Handler, ...], key: str | None
+    ) -> DispatchResult:
+        delivery = NewDelivery(
+            id=event.id,
+            webhook=event.webhook,
+            event=event.tag,
+            idempotency_key=key,
+            body=event.body,
+            headers=event.headers.raw,
+            query=str(event.query),
+            received_at=event.received_at.timestamp(),
+            handlers=tuple(handler.key for handler in handlers),
+        )
+        try:
+            outcome = await self.store.add(delivery)
+        except Exception as error:
+            logger.error("inbox: could not store delivery %s: %r", event.id, error)
+            return rejected(
+                503, "inbox_unavailable",
+                "the delivery could not be stored; nothing was accepted, retry later",
+                webhook=event.webhook,
+            )  # fmt: skip
+        status, code = ("duplicate", 200) if outcome == "duplicate" else ("queued", 202)
+        return DispatchResult(status, code, event.id, event.webhook, event.tag)
+
+    # --- the workers' side -----------------------------------------------------------------------
+
+    def handler_for(self, task: ClaimedTask) -> Handler:
+        handler = self.hooks.router.by_key(task.handler)
+        if handler is None:
+            raise DispatcherError(
+                f"no handler {task.handler!r} is registered in this process; was it renamed "
+                "or removed? Register it again, or purge the task"
+            )
+        return handler
+
+    def retry_for(self, task: ClaimedTask) -> Retry:
+        handler = self.hooks.router.by_key(task.handler)
+        if handler is not None and handler.retry is not None:
+            return handler.retry
+        return self.hooks.retry
+
+    def event_of(self, task: ClaimedTask) -> Event:
+        """The Event a handler sees, rebuilt from the stored delivery."""
+        headers = Headers(task.headers)
+        event = self.hooks.catalog.events.get(task.event) if task.event else None
+        return Event(
+            id=task.delivery_id,
+            webhook=task.webhook,
+            tag=task.event,
+            name=event.name if event is not None else None,
+            payload=parse_body(body_kind(headers.get("content-type")), task.body),
+            headers=headers,
+            query=QueryParams(task.query),
+            body=task.body,
+            received_at=datetime.fromtimestamp(task.received_at, UTC),
+            attempt=task.attempt,
+            replay=task.series,
+        )
+
+    async def run_task(self, task: ClaimedTask) -> None:
+        handler = self.handler_for(task)
+        event = self.event_of(task)
+        start = time.perf_counter()
+        failed = True
+        try:
+            if handler.is_async:
+                await handler.func(event)
+            else:
+                await asyncio.to_thread(handler.func, event)
+            failed = False
+        finally:
+            took = time.perf_counter() - start
+            self.hooks.metrics.handler_ran(task.event, took, failed=failed)
+            logger.info(
+                "%s %s %s attempt %d %.1fms %s %s",
+                task.webhook, task.event or "-", "failed" if failed else "done", task.attempt,
+                took * 1000, task.delivery_id, handler.name,
+                extra={
+                    "delivery_id": task.delivery_id, "webhook": task.webhook, "event": task.event,
+                    "status": "failed" if failed else "done", "duration_ms": round(took * 1000, 3),
+                    "attempt": task.attempt,
+                },
+            )  # fmt: skip
+
+    async def on_dead(self, task: ClaimedTask, error: BaseException) -> None:
+        try:
+            event = self.event_of(task)
+        except Exception:  # the body no longer parses: report with what we have
+            event = Event(
+                task.delivery_id, task.webhook, task.event, None, None, Headers(task.headers),
+                QueryParams(task.query), task.body, datetime.fromtimestamp(task.received_at, UTC),
+                task.attempt, task.series,
+            )  # fmt: skip
+        logger.error(
+            "%s %s: task %s is dead after %d attempt(s): %s",
+            task.webhook, task.event or "-", task.handler, task.attempt, error,
+        )  # fmt: skip
+        await self.hooks.pipeline.report_error(event, error)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.store.stats()

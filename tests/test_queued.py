@@ -1,0 +1,197 @@
+"""Queued mode through the receiver: 202 after the store, workers, retries, dead letters, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher import Dispatcher, Event, Retry, testing
+from dispatcher.inbox import MemoryStore, open_inbox
+
+pytestmark = pytest.mark.anyio
+FAST = Retry(max_attempts=3, base=0.001, max_delay=0.005)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/inbox.db"
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    yield f"{base}?schema={schema}"
+    store = open_inbox(f"{base}?schema={schema}")
+    await store.open()
+    await store.drop_schema()  # type: ignore[attr-defined]
+    await store.close()
+
+
+def make(inbox: Any, **options: Any) -> Dispatcher:
+    hooks = Dispatcher(inbox=inbox, retry=FAST, **options)
+    hooks.webhooks.create(tag="w", name="W", description="d", idempotency_key="$Event{id}")
+    for slug in ("a", "b"):
+        hooks.webhooks.events.create(
+            name=slug, tag=f"w:{slug}", description="d", selector="$Event{type}",
+            sample={"type": slug, "id": "1"},
+        )  # fmt: skip
+    return hooks
+
+
+async def test_deliveries_are_stored_then_answered_202_and_run_by_workers(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    seen: list[tuple[str, int]] = []
+    hooks.on("w:a", lambda e: seen.append((e.payload["id"], e.attempt)))
+    async with testing.client(hooks) as client:
+        response = await client.post("/w", json={"type": "a", "id": "x1"}, params={"q": "1"})
+        assert response.status_code == 202
+        body = response.json()
+        assert body["status"] == "queued" and body["event"] == "w:a" and body["webhook"] == "w"
+        await client.drain()
+        assert seen == [("x1", 1)]
+        stored = await hooks.inbox.store.get(body["id"])  # type: ignore[union-attr]
+        assert stored["status"] == "done" and stored["query"] == "q=1"
+        assert (await client.get("/_health")).json()["mode"] == "queued"
+
+
+async def test_a_stored_key_is_seen_whatever_its_outcome(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    hooks.on("w:a", lambda e: 1 / 0)
+    async with testing.client(hooks) as client:
+        assert (await client.post("/w", json={"type": "a", "id": "k"})).status_code == 202
+        await client.drain()
+        response = await client.post("/w", json={"type": "a", "id": "k"})
+        assert (response.status_code, response.json()["status"]) == (200, "duplicate")
+
+
+async def test_concurrent_copies_store_once(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    runs: list[str] = []
+    hooks.on("w:a", lambda e: runs.append(e.id))
+    async with testing.client(hooks) as client:
+        responses = await asyncio.gather(
+            *(client.post("/w", json={"type": "a", "id": "same"}) for _ in range(50))
+        )
+        await client.drain()
+    assert sorted(r.status_code for r in responses) == [200] * 49 + [202]
+    assert len(runs) == 1
+
+
+async def test_retries_until_success_with_attempts_visible(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    attempts: list[int] = []
+
+    @hooks.on("w:a")
+    async def flaky(event: Event) -> None:
+        attempts.append(event.attempt)
+        if event.attempt < 3:
+            raise RuntimeError(f"attempt {event.attempt} fails")
+
+    errors: list[Any] = []
+    hooks.on_error(lambda event, error: errors.append(error))
+    async with testing.client(hooks) as client:
+        delivery = (await client.post("/w", json={"type": "a", "id": "r"})).json()["id"]
+        await client.drain()
+        stored = await hooks.inbox.store.get(delivery)  # type: ignore[union-attr]
+    assert attempts == [1, 2, 3]
+    assert stored["status"] == "done"
+    assert [a["error"] is None for a in stored["attempts"]] == [False, False, True]
+    assert "attempt 1 fails" in stored["attempts"][0]["error"]
+    assert errors == []  # queued mode: on_error hears only of dead tasks
+
+
+async def test_dead_after_max_attempts_on_error_once_and_replay_runs_it_again(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    fail = [True]
+    calls: list[int] = []
+
+    @hooks.on("w:a")
+    async def broken(event: Event) -> None:
+        calls.append(event.attempt)
+        if fail[0]:
+            raise ValueError("still broken")
+
+    dead: list[tuple[str, int]] = []
+    hooks.on_error(lambda event, error: dead.append((str(error), event.attempt)))
+    async with testing.client(hooks) as client:
+        delivery = (await client.post("/w", json={"type": "a", "id": "d"})).json()["id"]
+        await client.drain()
+        store = hooks.inbox.store  # type: ignore[union-attr]
+        stored = await store.get(delivery)
+        assert stored["status"] == "dead"
+        assert len(stored["attempts"]) == 3
+        assert all(a["error"].startswith("ValueError: still broken") for a in stored["attempts"])
+        assert dead == [("still broken", 3)]
+        fail[0] = False
+        assert await store.replay([delivery]) == 1
+        await client.drain()
+        stored = await store.get(delivery)
+    assert stored["status"] == "done"
+    assert calls == [1, 2, 3, 1]
+    assert stored["attempts"][-1]["series"] == 1
+
+
+async def test_a_failing_handler_never_reruns_one_that_succeeded(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    ok_runs: list[int] = []
+    hooks.on("w:a", lambda e: ok_runs.append(e.attempt))
+    hooks.on("w:*", lambda e: 1 / 0, retry=Retry(max_attempts=4, base=0.001, max_delay=0.002))
+    async with testing.client(hooks) as client:
+        delivery = (await client.post("/w", json={"type": "a", "id": "two"})).json()["id"]
+        await client.drain()
+        stored = await hooks.inbox.store.get(delivery)  # type: ignore[union-attr]
+    assert ok_runs == [1]
+    assert sorted(t["attempt"] for t in stored["tasks"]) == [1, 4]  # per-handler retry policy
+
+
+async def test_unmatched_and_handlerless_deliveries_are_stored_done() -> None:
+    hooks = make(MemoryStore())
+    async with testing.client(hooks) as client:
+        response = await client.post("/w", json={"type": "zzz", "id": "u"})
+        assert response.status_code == 202 and response.json()["event"] is None
+        await client.drain()
+        stored = await hooks.inbox.store.get(response.json()["id"])  # type: ignore[union-attr]
+        assert stored["status"] == "done" and stored["tasks"] == []
+
+
+class BrokenStore(MemoryStore):
+    async def add(self, delivery: Any) -> str:
+        raise OSError("disk full")
+
+
+async def test_a_store_that_cannot_write_gets_503_and_nothing_runs() -> None:
+    hooks = make(BrokenStore())
+    ran: list[Event] = []
+    hooks.on("w:a", ran.append)
+    async with testing.client(hooks) as client:
+        response = await client.post("/w", json={"type": "a", "id": "z"})
+        assert (response.status_code, response.json()["error"]) == (503, "inbox_unavailable")
+        assert "disk full" not in response.text
+    assert ran == []
+
+
+async def test_a_task_whose_handler_is_gone_is_reported_and_dead_lettered() -> None:
+    store = MemoryStore()
+    first = make(store, concurrency=0)  # receive only
+    first.on("w:a", lambda e: None)
+    async with testing.client(first) as client:
+        await client.post("/w", json={"type": "a", "id": "gone"})
+    second = make(store)  # the next deploy no longer has that handler
+    dead: list[str] = []
+    second.on_error(lambda event, error: dead.append(str(error)))
+    async with testing.client(second) as client:
+        await client.drain()
+    assert len(dead) == 1 and "no handler" in dead[0]
+
+
+def test_bad_inbox_options_say_what_to_fix() -> None:
+    with pytest.raises(Exception, match="sqlite:///relative/path.db"):
+        Dispatcher(inbox="mysql://nope")
+    with pytest.raises(Exception, match="lease"):
+        Dispatcher(inbox="memory://", lease=0)
+    with pytest.raises(Exception, match="retry"):
+        Dispatcher(retry=3)  # type: ignore[arg-type]
