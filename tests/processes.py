@@ -21,12 +21,15 @@ def free_port() -> int:
 
 
 def start(
-    *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    launcher: tuple[str, ...] = ("-m", "dispatcher"),
 ) -> subprocess.Popen[bytes]:
-    """Run `python -m dispatcher ARGS` from the repository root."""
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the process owns it
+    """Run `python -m dispatcher ARGS` (or another launcher) from the repository root."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the process owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", *args],
+        [sys.executable, *launcher, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=out,

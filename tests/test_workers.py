@@ -1,0 +1,67 @@
+"""Several worker processes on one PostgreSQL inbox share the work, and never run a task twice at once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from dispatcher.inbox import open_inbox
+
+from .processes import ROOT, free_port, start, wait_healthy
+from .test_crash import wait_idle
+
+CATALOG = str(ROOT / "tests" / "crash_catalog.json")
+N = 200
+
+
+def test_two_worker_processes_share_a_postgres_inbox(postgres_url: str, tmp_path: Path) -> None:
+    url = f"{postgres_url}?schema=workers_{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "runs.txt"
+    env = {"OVERLAP_OUT": str(out)}
+    log = tmp_path / "log"
+    common = ["--handlers", "tests.overlap_handlers", "--inbox", url, "--lease", "1"]
+    port = free_port()
+    server = start(
+        "serve", CATALOG, *common, "--port", str(port), "--concurrency", "0", env=env, log=log
+    )
+    workers = []
+    try:
+        wait_healthy(port, server)
+        workers = [
+            start("worker", CATALOG, *common, "--concurrency", "8", env=env, log=log)
+            for _ in range(2)
+        ]
+        with httpx.Client() as http:
+            for n in range(N):
+                response = http.post(f"http://127.0.0.1:{port}/load", json={"kind": "item", "n": n})
+                assert response.status_code == 202
+        time.sleep(0.5)
+        stats = wait_idle(url, timeout=60)
+    finally:
+        for proc in [server, *workers]:
+            proc.send_signal(signal.SIGTERM)
+        for proc in [server, *workers]:
+            proc.wait(timeout=20)
+
+        async def drop() -> None:
+            store = open_inbox(url)
+            await store.open()
+            await store.drop_schema()  # type: ignore[attr-defined]
+            await store.close()
+
+        asyncio.run(drop())
+    lines = [line.split() for line in out.read_text().splitlines()]
+    starts = Counter(int(n) for kind, n, _ in lines if kind == "start")
+    ends = Counter(int(n) for kind, n, _ in lines if kind == "end")
+    assert stats["tasks"]["done"] == N and stats["tasks"]["leased"] == 0, stats
+    assert set(starts) == set(range(N))  # every task ran
+    assert [n for n, count in starts.items() if count > 1] == []  # none twice, slow ones included
+    assert ends == starts
+    pids = {pid for _, _, pid in lines}
+    assert len(pids) == 2  # both workers took a share
