@@ -104,7 +104,9 @@ async def test_retries_until_success_with_attempts_visible(inbox_url: str) -> No
     assert errors == []  # queued mode: on_error hears only of dead tasks
 
 
-async def test_dead_after_max_attempts_on_error_once_and_replay_runs_it_again(inbox_url: str) -> None:
+async def test_dead_after_max_attempts_on_error_once_and_replay_runs_it_again(
+    inbox_url: str,
+) -> None:
     hooks = make(inbox_url)
     fail = [True]
     calls: list[int] = []
@@ -189,7 +191,7 @@ async def test_a_task_whose_handler_is_gone_is_reported_and_dead_lettered() -> N
 
 
 def test_bad_inbox_options_say_what_to_fix() -> None:
-    with pytest.raises(Exception, match="sqlite:///relative/path.db"):
+    with pytest.raises(Exception, match=r"sqlite:///relative/path\.db"):
         Dispatcher(inbox="mysql://nope")
     with pytest.raises(Exception, match="lease"):
         Dispatcher(inbox="memory://", lease=0)
