@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,13 +55,16 @@ def wait_for(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start(app: str, port: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start(app: str, port: int, extra: list[str] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     command = [
         sys.executable, "-m", "uvicorn", app, "--port", str(port), "--workers", "1",
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
         *(extra or []),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    )
     wait_for(port)
     return proc
 
@@ -93,12 +97,15 @@ def post_script(body: bytes, content_type: str = "application/json") -> Path:
 
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
-            script: Path, warmup: float = 1.0) -> dict[str, dict[str, float]]:  # fmt: skip
+            script: Path, warmup: float = 1.0,
+            setup: Any = None) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Median req/s, p50 and p99 per app. ``setup(key)`` gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
             port = free_port()
-            proc = start(app, port)
+            extra, env = setup(key) if setup else ([], {})
+            proc = start(app, port, extra, env)
             try:
                 wrk(f"http://127.0.0.1:{port}{path}", warmup, script)
                 runs[key].append(wrk(f"http://127.0.0.1:{port}{path}", duration, script))

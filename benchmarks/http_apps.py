@@ -98,3 +98,24 @@ async def starlette_endpoint(request):  # type: ignore[no-untyped-def]
 
 
 starlette_app = Starlette(routes=[Route("/payments", starlette_endpoint, methods=["POST"])])
+
+
+def queued_app() -> Dispatcher:
+    """(b) again in queued mode: ``uvicorn --factory benchmarks.http_apps:queued_app``.
+
+    BENCH_INBOX is the inbox URL; BENCH_CONCURRENCY the in-process workers' concurrency
+    (0: the process only receives, as when workers run elsewhere).
+    """
+    import os
+
+    queued = Dispatcher(
+        inbox=os.environ["BENCH_INBOX"], concurrency=int(os.environ.get("BENCH_CONCURRENCY", "4"))
+    )
+    queued.webhooks.create(tag="payments", name="Payments", description="benchmark")
+    for name in EVENTS:
+        queued.webhooks.events.create(
+            name=name, tag=f"payments:{name}", description="benchmark", selector="$Event{event}",
+            sample={"event": name},
+        )  # fmt: skip
+        queued.on(f"payments:{name}", noop)
+    return queued

@@ -23,8 +23,8 @@ from .idempotency import IdempotencyGuard
 from .metrics import Metrics, create_metrics
 from .pipeline import DispatchResult, Pipeline
 from .queued import QueuedMode
-from .retry import Retry
 from .receiver import Receive, Receiver, Scope, Send, send_json
+from .retry import Retry
 from .routing import Router
 from .samples import TestingKit
 
@@ -176,8 +176,8 @@ class Dispatcher:
         index = self.catalog.indexes.get(webhook)
         if index is None:
             self.catalog.webhook(webhook)  # raises NotFoundError with a suggestion
-        if headers:
-            headers = headers.lowered() if isinstance(headers, Headers) else _lower(headers)
+        if headers and not isinstance(headers, Headers):
+            headers = _lower(headers)
         return index.match(payload, headers or _EMPTY, query or _EMPTY)  # type: ignore[union-attr]
 
     # --- handlers -----------------------------------------------------------------------------
@@ -274,7 +274,10 @@ class Dispatcher:
     # --- ASGI ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._receiver(scope, receive, send)
+        if scope["type"] == "http":  # the hot path: straight in, one call level fewer
+            await self._receiver.http(scope, receive, send)
+        else:
+            await self._receiver(scope, receive, send)
 
     async def internal(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The receiver's own routes: ``/_health`` (and, with their extras, metrics and console)."""

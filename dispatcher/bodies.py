@@ -61,10 +61,15 @@ def _json(data: bytes | str, what: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        if not data.strip():  # checked only on failure: the happy path is one loads() call
-            raise _empty() from None
-        # orjson's message says what is wrong (bad UTF-8, too deeply nested, the position).
-        raise BodyError(400, "invalid_json", f"{what} is not valid JSON: {error}") from None
+        raise json_problem(data, error, what) from None
+
+
+def json_problem(data: bytes | str, error: Exception, what: str = "the body") -> BodyError:
+    """The 400 for JSON that did not parse (checked only on failure: parsing is the fast path)."""
+    if not data.strip():
+        return _empty()
+    # orjson's message says what is wrong (bad UTF-8, too deeply nested, the position).
+    return BodyError(400, "invalid_json", f"{what} is not valid JSON: {error}")
 
 
 def _form(body: bytes) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .selectors import Extractor, Selector, compile_selector
+from .selectors import Extractor, Selector, compile_lookup, compile_selector
 
 if TYPE_CHECKING:
     from .catalog import WebhookEvent
@@ -62,7 +62,7 @@ class EventIndex:
     def __init__(self, groups: dict[str, Group] | None = None) -> None:
         self.groups = groups or {}
         ordered = sorted(self.groups.values(), key=lambda group: group.precedence)
-        self.match = _matcher(ordered)
+        self.match = _matcher(ordered) if ordered else _match_nothing
 
     def adding(self, event: WebhookEvent, entry: Entry, new_order: Callable[[], int]) -> EventIndex:
         group = self.groups.get(entry.selector.canonical)
@@ -130,31 +130,20 @@ class EventIndex:
         return sum(len(group.table) for group in self.groups.values())
 
 
+def _match_nothing(payload: Any, headers: Any, query: Any) -> None:
+    return None
+
+
 def _matcher(groups: list[Group]) -> Matcher:
-    # Specialised by group count: the one-selector webhook is the common case, and
-    # each call level saved there is a measurable share of a match.
-    if not groups:
+    lookups = tuple(compile_lookup(group.selector, group.extract, group.table) for group in groups)
+    if len(lookups) == 1:
+        return lookups[0]  # the one-selector webhook, the common case: no wrapper at all
 
-        def match_none(payload: Any, headers: Any, query: Any) -> None:
-            return None
-
-        return match_none
-
-    if len(groups) == 1:
-        extract, get = groups[0].extract, groups[0].table.get
-
-        def match_one(payload: Any, headers: Any, query: Any) -> WebhookEvent | None:
-            return get(extract(payload, headers, query))
-
-        return match_one
-
-    pairs = tuple((group.extract, group.table.get) for group in groups)
-
-    def match_many(payload: Any, headers: Any, query: Any) -> WebhookEvent | None:
-        for extract, get in pairs:
-            event = get(extract(payload, headers, query))
+    def match(payload: Any, headers: Any, query: Any) -> WebhookEvent | None:
+        for lookup in lookups:
+            event = lookup(payload, headers, query)
             if event is not None:
                 return event
         return None
 
-    return match_many
+    return match

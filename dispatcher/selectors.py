@@ -419,6 +419,66 @@ def compile_selector(selector: Selector) -> Extractor:
     return _several(tuple(getters))
 
 
+def compile_lookup(selector: Selector, extract: Extractor, table: dict[Any, Any]) -> Extractor:
+    """Extraction and table lookup as one function: the table's entry for the payload, or None.
+
+    A single body field of plain keys (the common selector) becomes one closure
+    doing the subscripts, the key mapping and the lookup: no nested calls.
+    """
+    get = table.get
+    (first, *more) = selector.fields
+    path = first.path
+    if (
+        not more
+        and first.source == "event"
+        and first.jsonpath is None
+        and 1 <= len(path) <= 3
+        and all(isinstance(step, str) for step in path)
+    ):
+        return _FUSED[len(path)](*path, get)
+
+    def lookup(payload: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> Any:
+        return get(extract(payload, headers, query))
+
+    return lookup
+
+
+def _fused1(a: str, get: Callable[[Any], Any]) -> Extractor:
+    def lookup(payload: Any, headers: Any, query: Any) -> Any:
+        try:
+            value = payload[a]
+            return get(BOOL_KEYS[value] if value.__class__ is bool else value)
+        except _LOOKUP_ERRORS:  # missing, not a container, or unhashable (object/array)
+            return None
+
+    return lookup
+
+
+def _fused2(a: str, b: str, get: Callable[[Any], Any]) -> Extractor:
+    def lookup(payload: Any, headers: Any, query: Any) -> Any:
+        try:
+            value = payload[a][b]
+            return get(BOOL_KEYS[value] if value.__class__ is bool else value)
+        except _LOOKUP_ERRORS:
+            return None
+
+    return lookup
+
+
+def _fused3(a: str, b: str, c: str, get: Callable[[Any], Any]) -> Extractor:
+    def lookup(payload: Any, headers: Any, query: Any) -> Any:
+        try:
+            value = payload[a][b][c]
+            return get(BOOL_KEYS[value] if value.__class__ is bool else value)
+        except _LOOKUP_ERRORS:
+            return None
+
+    return lookup
+
+
+_FUSED: dict[int, Callable[..., Extractor]] = {1: _fused1, 2: _fused2, 3: _fused3}
+
+
 def _single(get: Extractor) -> Extractor:
     def extract(payload: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> Any:
         value = get(payload, headers, query)
