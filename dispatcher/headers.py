@@ -1,8 +1,12 @@
 """Request headers: case-insensitive and read-only.
 
-Names are stored lower-cased (as ASGI delivers them). A header sent several
-times keeps every value in ``raw`` and reads as the values joined with ", "
-(RFC 9110 5.3).
+Built from an ASGI scope, nothing is decoded up front: the header list becomes
+a dict keyed by the raw (lower-case) name bytes in one C-level call, and a
+name or value is decoded only when someone reads it. Decoding every header of
+every request was the largest single cost of the receiver's hot path.
+
+A header sent several times keeps every value in ``raw`` and reads as the
+values joined with ", " (RFC 9110 5.3).
 """
 
 from __future__ import annotations
@@ -10,85 +14,82 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+_ABSENT: Any = object()
+
 
 class Headers(Mapping[str, str]):
-    __slots__ = ("_asgi", "_map", "_raw")
+    __slots__ = ("_asgi", "_by_name")
 
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[Any, Any]] | None = None) -> None:
-        pairs: list[tuple[str, str]] = []
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None = None) -> None:
         if items is None:
-            pass
+            pairs: list[tuple[bytes, bytes]] = []
         elif isinstance(items, Headers):
-            pairs = list(items.raw)
+            pairs = list(items._asgi)
         elif isinstance(items, Mapping):
-            pairs = [(_text(k).lower(), _text(v)) for k, v in items.items()]
+            pairs = [(_bytes(k).lower(), _bytes(v)) for k, v in items.items()]
         else:
-            pairs = [(_text(k).lower(), _text(v)) for k, v in items]
-        self._raw: tuple[tuple[str, str], ...] | None = tuple(pairs)
-        self._asgi: list[tuple[bytes, bytes]] | None = None
-        self._map: dict[str, str] | None = None
+            pairs = [(_bytes(k).lower(), _bytes(v)) for k, v in items]
+        self._asgi = pairs
+        self._by_name = _index(pairs)
 
     @classmethod
     def from_asgi(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
-        """Build from an ASGI scope's header list (names already lower-case, latin-1)."""
+        """Wrap an ASGI scope's header list (names already lower-case)."""
         self = cls.__new__(cls)
         self._asgi = raw
-        self._raw = None  # decoded on demand
-        merged = {}
-        for key, value in raw:  # a plain loop: cheaper than a comprehension's frame on 3.11
-            merged[key.decode("latin-1")] = value.decode("latin-1")
-        # A repeated name (rare) must read as all its values joined: decode again, merging.
-        self._map = merged if len(merged) == len(raw) else None
+        self._by_name = _index(raw)
         return self
 
-    def _mapping(self) -> dict[str, str]:
-        if self._map is None:
-            merged: dict[str, str] = {}
-            for name, value in self.raw:
-                merged[name] = f"{merged[name]}, {value}" if name in merged else value
-            self._map = merged
-        return self._map
+    def value(self, name: bytes) -> bytes | None:
+        """The raw value of a lower-case header name, undecoded (the receiver's own lookups)."""
+        return self._by_name.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._by_name.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, name: str) -> str:
+        value = self._by_name.get(name.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(name)
+        return value.decode("latin-1")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower().encode("latin-1") in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1") for name in self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
 
     @property
     def raw(self) -> tuple[tuple[str, str], ...]:
         """Every header as received, repeats included, in order."""
-        if self._raw is None:
-            asgi = self._asgi or ()
-            self._raw = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in asgi)
-        return self._raw
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name, _ABSENT)
-        if value is _ABSENT:
-            raise KeyError(name)
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return (self._map or self._mapping()).get(name.lower(), default)
+        return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._asgi)
 
     def getlist(self, name: str) -> list[str]:
-        name = name.lower()
-        return [value for key, value in self.raw if key == name]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name, _ABSENT) is not _ABSENT
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
-
-    def __repr__(self) -> str:
-        return f"Headers({self._mapping()!r})"
-
-    def lowered(self) -> dict[str, str]:
-        """The plain dict behind the mapping (lower-case names)."""
-        return self._mapping()
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._asgi if k == key]
 
 
-_ABSENT: Any = object()
+def _index(pairs: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    by_name = dict(pairs)  # one C call; later repeats overwrite earlier ones...
+    if len(by_name) != len(pairs):  # ...so a repeated name (rare) is merged by hand
+        by_name = {}
+        for name, value in pairs:
+            by_name[name] = by_name[name] + b", " + value if name in by_name else value
+    return by_name
 
 
-def _text(value: Any) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    text = str(value)
+    try:
+        return text.encode("latin-1")  # what HTTP carries
+    except UnicodeEncodeError:
+        return text.encode("utf-8")

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import QueryParams
@@ -125,7 +124,7 @@ class QueuedMode:
             body=event.body,
             headers=event.headers.raw,
             query=str(event.query),
-            received_at=event.received_at.timestamp(),
+            received_at=event.received_at.timestamp(),  # exact: made from the epoch float
             handlers=tuple(handler.key for handler in handlers),
         )
         try:
@@ -170,7 +169,7 @@ class QueuedMode:
             headers=headers,
             query=QueryParams(task.query),
             body=task.body,
-            received_at=datetime.fromtimestamp(task.received_at, UTC),
+            received_at=task.received_at,
             attempt=task.attempt,
             replay=task.series,
         )
@@ -206,7 +205,7 @@ class QueuedMode:
         except Exception:  # the body no longer parses: report with what we have
             event = Event(
                 task.delivery_id, task.webhook, task.event, None, None, Headers(task.headers),
-                QueryParams(task.query), task.body, datetime.fromtimestamp(task.received_at, UTC),
+                QueryParams(task.query), task.body, task.received_at,
                 task.attempt, task.series,
             )  # fmt: skip
         logger.error(

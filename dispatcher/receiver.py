@@ -79,7 +79,7 @@ class Receiver:
             )  # fmt: skip
         else:
             headers = Headers.from_asgi(scope["headers"])
-            declared = headers.get("content-length")
+            declared = headers.value(b"content-length")
             limit = hooks.max_body_size
             try:
                 if declared is not None and declared.isdigit() and int(declared) > limit:
