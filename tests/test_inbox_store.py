@@ -6,6 +6,7 @@ Time is an injected clock moved by the tests; nothing here sleeps to make a leas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import sys
 import threading
@@ -542,6 +543,214 @@ async def test_postgres_polls_when_listen_is_unavailable(
             assert time.monotonic() - started < 2  # polled, did not sleep for 10 s
         finally:
             await store.drop_schema()
+
+
+# -- PostgreSQL group commit ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg(postgres_url: str, anyio_backend: str, clock: FakeClock) -> AsyncIterator[Any]:
+    from dispatcher.inbox.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, schema=f"test_{uuid.uuid4().hex[:12]}", clock=clock)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.drop_schema()
+        await store.close()
+
+
+async def transactions_that_stored(pg: Any) -> int:
+    """How many transactions wrote the deliveries (each row carries its writer's xid)."""
+    return await pg.pool.fetchval(f"SELECT count(DISTINCT xmin::text) FROM {pg._s}.deliveries")
+
+
+async def test_postgres_group_commits_concurrent_adds(pg: Any, clock: FakeClock) -> None:
+    results = await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(200)))
+    assert results == ["stored"] * 200
+    assert pg.commits == 1  # all queued before the flusher ran: one batch
+    assert await transactions_that_stored(pg) == 1
+    assert await pg.pending_count() == 200
+    await pg.add(make_delivery(clock, "one"))
+    await pg.add(make_delivery(clock, "two"))
+    assert pg.commits == 3  # an idle writer commits a lone add at once
+    assert await transactions_that_stored(pg) == 3
+
+
+async def test_postgres_batches_are_capped(postgres_url: str, anyio_backend: str) -> None:
+    from dispatcher.inbox.postgres import PostgresStore
+
+    clock = FakeClock()
+    store = PostgresStore(postgres_url, schema=f"test_{uuid.uuid4().hex[:12]}", batch_size=16)
+    async with store:
+        try:
+            await asyncio.gather(*(store.add(make_delivery(clock, f"d{i}")) for i in range(100)))
+            assert store.commits == 7  # 6 x 16 + 4
+        finally:
+            await store.drop_schema()
+
+
+async def test_postgres_duplicates_inside_one_batch(pg: Any, clock: FakeClock) -> None:
+    assert await pg.add(make_delivery(clock, "old", key="k0")) == "stored"
+    keys = ["k1", "k2", "k1", None, "k2", "k0", None, "k1"]
+    results = await asyncio.gather(
+        *(pg.add(make_delivery(clock, f"d{i}", key=key)) for i, key in enumerate(keys))
+    )
+    assert pg.commits == 2
+    assert results == [
+        "stored",  # the first k1 submitted is the one stored
+        "stored",
+        "duplicate",
+        "stored",
+        "duplicate",
+        "duplicate",  # k0 was stored by an earlier batch
+        "stored",
+        "duplicate",
+    ]
+    assert {r["id"] for r in await pg.list(limit=100)} == {"old", "d0", "d1", "d3", "d6"}
+    assert await pg.pending_count() == 5  # no task for a duplicate
+
+
+async def test_postgres_a_refused_row_fails_only_its_own_add(pg: Any, clock: FakeClock) -> None:
+    import asyncpg
+
+    await pg.add(make_delivery(clock, "taken"))
+    adds = [pg.add(make_delivery(clock, f"d{i}")) for i in range(20)]
+    adds.insert(5, pg.add(make_delivery(clock, "taken", handlers=("x", "y"))))  # a reused id
+    nul = dataclasses.replace(make_delivery(clock, "nul"), query="a=\x00")  # text PG refuses
+    adds.insert(12, pg.add(nul))
+    results = await asyncio.gather(*adds, return_exceptions=True)
+    assert isinstance(results[5], asyncpg.exceptions.UniqueViolationError)
+    assert isinstance(results[12], asyncpg.exceptions.DataError)
+    assert results[:5] + results[6:12] + results[13:] == ["stored"] * 20
+    assert pg.commits == 2  # the batch was redone row by row, still in one transaction
+    assert [t["handler"] for t in (await pg.get("taken"))["tasks"]] == ["h1"]
+    assert await pg.get("nul") is None
+    assert await pg.pending_count() == 21
+
+
+async def test_postgres_a_failed_batch_fails_all_its_callers_and_the_next_batch_works(
+    pg: Any, clock: FakeClock
+) -> None:
+    import asyncpg
+
+    await pg.add(make_delivery(clock, "before"))
+    await pg.pool.execute(f"ALTER TABLE {pg._s}.tasks RENAME TO away")  # every insert fails now
+    results = await asyncio.gather(
+        *(pg.add(make_delivery(clock, f"lost{i}")) for i in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, asyncpg.exceptions.UndefinedTableError) for r in results), results
+    assert pg.commits == 1
+    await pg.pool.execute(f"ALTER TABLE {pg._s}.away RENAME TO tasks")
+    results = await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(20)))
+    assert results == ["stored"] * 20
+    assert pg.commits == 2
+    assert await pg.pending_count() == 21  # the failed batch left nothing behind
+    assert await pg.get("lost0") is None
+
+
+async def test_postgres_group_commits_outcomes(pg: Any, clock: FakeClock) -> None:
+    await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(40)))
+    tasks = await pg.claim("w", 40, 30)
+    before = pg.commits
+    fail = pg.fail(tasks[0], "boom", T0 + 60)
+    assert await asyncio.gather(fail, *(pg.complete(t) for t in tasks[1:])) == [True] * 40
+    assert pg.commits - before == 1
+    stats = await pg.stats()
+    assert stats["tasks"] == {"pending": 1, "leased": 0, "done": 39, "dead": 0}
+    assert stats["deliveries"] == {"pending": 1, "done": 39, "dead": 0}
+    assert (await pg.get("d0"))["attempts"][0]["error"] == "boom"
+
+
+async def test_postgres_two_outcomes_of_one_task_never_share_a_batch(
+    pg: Any, clock: FakeClock
+) -> None:
+    await pg.add(make_delivery(clock, "d1"))
+    (task,) = await pg.claim("w", 1, 30)
+    before = pg.commits
+    assert await asyncio.gather(pg.complete(task), pg.fail(task, "late", None)) == [True, False]
+    assert pg.commits - before == 2  # the repeat waited for the next batch: it is fenced
+    assert (await pg.get("d1"))["status"] == "done"
+
+
+async def test_postgres_outcomes_of_sibling_tasks_from_two_workers_leave_the_right_status(
+    pg: Any, clock: FakeClock, postgres_url: str
+) -> None:
+    import asyncpg
+
+    from dispatcher.inbox.postgres_sql import FINISH_BATCH
+
+    await pg.add(make_delivery(clock, "d1", handlers=("a", "b")))
+    a, b = await pg.claim("w", 2, 30)
+    other = await asyncpg.connect(postgres_url)  # another worker process, finishing a
+    try:
+        outcome = other.transaction()
+        await outcome.start()
+        (row,) = await other.fetch(
+            pg._sql(FINISH_BATCH), [a.task_id], [a.lease_token], ["done"], [None], [None],
+            [a.series], [a.attempt], [T0], ["d1"], pg.channel,
+        )  # fmt: skip
+        assert row["finished"] == [a.task_id]
+        finishing = asyncio.ensure_future(pg.complete(b))
+        await asyncio.sleep(0.3)
+        assert not finishing.done()  # it waits for the other worker to commit ...
+        await outcome.commit()
+        assert await finishing  # ... then sees a done: b was the last task
+    finally:
+        await other.close()
+    assert (await pg.get("d1"))["status"] == "done"
+
+
+async def test_postgres_hot_statements_use_indexes_even_when_planned_on_small_tables(
+    pg: Any, clock: FakeClock
+) -> None:
+    # asyncpg prepares a statement once per connection, and PostgreSQL soon settles on one
+    # generic plan; made while the tables are small, a sequential scan would stay for good.
+    from dispatcher.inbox.postgres_sql import ADD_BATCH, CLAIM, FINISH_BATCH
+
+    await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(30)))
+    statements = {
+        "a": (ADD_BATCH, "'{x}','{w}','{e}','{k}','{}','{[]}','{q}','{1}','{pending}',"
+                         "'{x}','{h}','{1}','c'"),
+        "c": (CLAIM, "1.0, 4, 30.0, 'w', 'e'"),
+        "f": (FINISH_BATCH, "'{1}','{t}','{done}','{NULL}','{NULL}','{0}','{1}','{1}','{d0}','c'"),
+    }  # fmt: skip
+    async with pg.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for name, (sql, args) in statements.items():
+            await conn.execute(f"PREPARE generic_{name} AS {pg._sql(sql)}")
+            plan = "\n".join(
+                r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE generic_{name}({args})")
+            )
+            assert "Seq Scan" not in plan, plan
+            await conn.execute(f"DEALLOCATE generic_{name}")
+
+
+def test_postgres_store_belongs_to_the_loop_that_opened_it(postgres_url: str) -> None:
+    from dispatcher.inbox.postgres import PostgresStore
+
+    clock = FakeClock(time.time())
+    store = PostgresStore(postgres_url, schema=f"test_{uuid.uuid4().hex[:12]}")
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+        assert first.run_until_complete(store.add(make_delivery(clock, "d1"))) == "stored"
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(store.add(make_delivery(clock, "d2")))
+        first.run_until_complete(store.close())
+    finally:
+        first.close()
+
+    async def again() -> None:  # reopened, it works on the new loop
+        async with store:
+            try:
+                assert await store.add(make_delivery(clock, "d3")) == "stored"
+                assert await store.pending_count() == 2
+            finally:
+                await store.drop_schema()
+
+    asyncio.run(again())
 
 
 # -- open_inbox -----------------------------------------------------------------------------------

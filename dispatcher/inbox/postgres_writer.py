@@ -1,0 +1,277 @@
+"""The PostgreSQL inbox's batching writer: concurrent writes share one transaction.
+
+A PostgreSQL commit waits for its WAL flush, and every statement is a round trip. Paid
+once per delivery, that caps the receiver far below what it can parse; paid once per
+batch, it is shared by every request that arrived meanwhile. ``GroupCommit`` queues each
+caller's item, and a single flusher task hands everything queued (up to ``batch_size``)
+to one ``flush`` call, which writes it in one transaction. Each caller is answered only
+after ``flush`` returned, that is after the commit of its batch: acknowledged means
+durable. ``AddWriter`` and ``OutcomeWriter`` are the two flushes: a batch of deliveries,
+and a batch of task outcomes, each one statement (postgres_sql.py), so one round trip.
+
+The queue and the flusher belong to the event loop the writer was created on, as the
+asyncpg pool they write through does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from dispatcher.inbox.base import ClaimedTask, NewDelivery
+
+if TYPE_CHECKING:
+    import asyncpg
+
+I = TypeVar("I")  # noqa: E741 - the item a caller queues
+R = TypeVar("R")  # its result
+
+#: ``flush(items)`` writes ``items`` in one transaction and returns one entry per item: its
+#: result, or the exception that item alone failed with (the rest of the batch committed).
+Flush = Callable[[list[I]], Awaitable[Sequence[R | Exception]]]
+
+_STOPPED = "the inbox writer stopped before this write was committed"
+
+
+class GroupCommit(Generic[I, R]):
+    """Batch concurrent ``submit`` calls into one ``flush`` per transaction.
+
+    One flush runs at a time: while it waits for its commit, new items queue up and the
+    next flush takes them all. An idle writer flushes a lone item at once (no timer).
+    If ``flush`` raises, nothing of its batch is durable, so every caller in the batch
+    gets the exception; the next batch starts afresh. ``key`` names items that must not
+    share a batch (two outcomes of one task): a repeat waits for the next batch, so it
+    sees the effect of the first as if the calls had run one after the other.
+    """
+
+    def __init__(
+        self,
+        flush: Flush[I, R],
+        *,
+        batch_size: int = 256,
+        key: Callable[[I], Hashable] | None = None,
+        name: str = "dispatcher-inbox-writer",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        #: Batches committed so far (each is one transaction, so one WAL flush).
+        self.commits = 0
+        self._flush = flush
+        self._batch_size = batch_size
+        self._key = key
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[tuple[I, asyncio.Future[R]]] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, item: I) -> R:
+        """Queue ``item``; return its result once the transaction holding it committed."""
+        if asyncio.get_running_loop() is not self._loop:
+            # The flusher and the pool's connections live on the loop that opened the store.
+            raise RuntimeError(
+                "this PostgreSQL inbox was opened on another event loop; "
+                "open and use a store on one loop"
+            )
+        if self._closed:
+            raise RuntimeError("the inbox store is closed")
+        future: asyncio.Future[R] = self._loop.create_future()
+        self._queue.append((item, future))
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._run(), name=self._name)
+        return await future
+
+    async def close(self) -> None:
+        """Refuse new items and wait until everything queued has been flushed."""
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    # -- the flusher -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch = self._take()
+                if batch:
+                    await self._commit(batch)
+        except BaseException:
+            # Cancelled (the loop is shutting down): nobody may wait for an answer forever.
+            _fail([future for _, future in self._queue], RuntimeError(_STOPPED))
+            self._queue.clear()
+            raise
+        finally:
+            # No await between finding the queue empty and this: an item queued from now
+            # on sees no flusher and starts one.
+            self._flusher = None
+
+    def _take(self) -> list[tuple[I, asyncio.Future[R]]]:
+        batch: list[tuple[I, asyncio.Future[R]]] = []
+        later: list[tuple[I, asyncio.Future[R]]] = []
+        keys: set[Hashable] = set()
+        while self._queue and len(batch) < self._batch_size:
+            item, future = self._queue.popleft()
+            if future.done():  # the caller gave up (cancelled) before its turn: skip it
+                continue
+            if self._key is not None:
+                key = self._key(item)
+                if key in keys:
+                    later.append((item, future))
+                    continue
+                keys.add(key)
+            batch.append((item, future))
+        self._queue.extendleft(reversed(later))
+        return batch
+
+    async def _commit(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        futures = [future for _, future in batch]
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except Exception as exc:
+            # The transaction did not commit: every caller of the batch hears about it,
+            # including those whose own write was fine. Nothing carries over to the next.
+            _fail(futures, exc)
+            return
+        except BaseException:
+            _fail(futures, RuntimeError(_STOPPED))
+            raise
+        self.commits += 1
+        for future, result in zip(futures, results, strict=True):
+            if future.done():  # cancelled meanwhile; its write committed all the same
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+def _fail(futures: list[asyncio.Future[R]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+            # Mark it read: a caller cancelled just now never reads it, and asyncio would
+            # log "exception was never retrieved" for a failure its caller did not see.
+            future.exception()
+
+
+# -- the two flushes of the PostgreSQL inbox ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Add:
+    delivery: NewDelivery
+    handlers: tuple[str, ...]  # unique, in order
+    now: float  # the store clock when add() was called: the tasks fall due then
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task: ClaimedTask
+    status: str  # done, dead, or pending (a retry at retry_at)
+    error: str | None
+    retry_at: float | None
+    now: float
+
+
+class AddWriter:
+    """Store a batch of deliveries in one transaction: "stored" or "duplicate" for each."""
+
+    def __init__(self, pool: asyncpg.Pool, sql: str, channel: str) -> None:
+        import asyncpg  # here, not at import: asyncpg is an optional dependency
+
+        self._pool = pool
+        self._sql = sql  # ADD_BATCH, schema filled in
+        self._channel = channel
+        # What the server (or asyncpg, encoding the arguments) raises for one row's data.
+        self._row_errors: tuple[type[Exception], ...] = (
+            asyncpg.exceptions.IntegrityConstraintViolationError,
+            asyncpg.exceptions.DataError,
+            asyncpg.exceptions._base.DataError,
+        )
+
+    async def __call__(self, batch: list[Add]) -> list[str | Exception]:
+        async with self._pool.acquire() as conn:
+            try:
+                return await self._insert(conn, batch)
+            except self._row_errors:
+                if len(batch) == 1:
+                    raise
+            # One delivery the database refuses (a reused id, text it cannot store) must
+            # not fail the others: redo them in one transaction, each in a savepoint.
+            results: list[str | Exception] = []
+            async with conn.transaction():
+                for add in batch:
+                    try:
+                        async with conn.transaction():
+                            results.extend(await self._insert(conn, [add]))
+                    except self._row_errors as exc:
+                        results.append(exc)
+            return results
+
+    async def _insert(self, conn: asyncpg.Connection, batch: list[Add]) -> list[str]:
+        # Keyed deliveries go in sorted by key, so concurrent batches take the unique
+        # index's locks in one order (see ADD_BATCH); sorted() is stable, so among repeats
+        # of a key inside the batch the first submitted is the one stored.
+        order = sorted(range(len(batch)), key=lambda i: _key_order(batch[i].delivery))
+        rows = [batch[i].delivery for i in order]
+        tasks = [(add.delivery.id, handler, add.now) for add in batch for handler in add.handlers]
+        result = await conn.fetchrow(
+            self._sql,
+            [d.id for d in rows],
+            [d.webhook for d in rows],
+            [d.event for d in rows],
+            [d.idempotency_key for d in rows],
+            [d.body for d in rows],
+            [json.dumps(d.headers) for d in rows],
+            [d.query for d in rows],
+            [d.received_at for d in rows],
+            ["pending" if batch[i].handlers else "done" for i in order],
+            [task[0] for task in tasks],
+            [task[1] for task in tasks],
+            [task[2] for task in tasks],
+            self._channel,
+        )
+        stored = set(result["stored"])
+        answers = [""] * len(batch)
+        for i in order:
+            delivery_id = batch[i].delivery.id
+            # A repeat of an id already stored in this batch can only be a key duplicate
+            # (a clashing id would have raised): the first row with the id got it.
+            answers[i] = "stored" if delivery_id in stored else "duplicate"
+            stored.discard(delivery_id)
+        return answers
+
+
+class OutcomeWriter:
+    """Record a batch of outcomes (one per task) in one transaction; False where fenced."""
+
+    def __init__(self, pool: asyncpg.Pool, sql: str, channel: str) -> None:
+        self._pool = pool
+        self._sql = sql  # FINISH_BATCH, schema filled in
+        self._channel = channel
+
+    async def __call__(self, batch: list[Outcome]) -> list[bool]:
+        result = await self._pool.fetchrow(
+            self._sql,
+            [int(o.task.task_id) for o in batch],
+            [o.task.lease_token for o in batch],
+            [o.status for o in batch],
+            [o.error for o in batch],
+            [o.retry_at for o in batch],
+            [o.task.series for o in batch],
+            [o.task.attempt for o in batch],
+            [o.now for o in batch],
+            sorted({o.task.delivery_id for o in batch}),  # the lock order: see FINISH_BATCH
+            self._channel,
+        )
+        # Not finished: fenced, the lease lapsed and someone else holds the task now.
+        finished = set(result["finished"])
+        return [int(o.task.task_id) in finished for o in batch]
+
+
+def _key_order(delivery: NewDelivery) -> tuple[bool, str, str]:
+    return (delivery.idempotency_key is None, delivery.webhook, delivery.idempotency_key or "")
