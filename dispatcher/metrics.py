@@ -17,7 +17,7 @@ class Metrics:
     def delivery(self, webhook: str, event: str | None, status: str, duration: float) -> None:
         pass
 
-    def handler_ran(self, event: str | None, duration: float, *, failed: bool) -> None:
+    def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
         pass
 
     def signature_failed(self, webhook: str, reason: str) -> None:

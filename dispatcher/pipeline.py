@@ -270,7 +270,7 @@ class Pipeline:
                 returned = await asyncio.to_thread(handler.func, event)
         except Exception as error:
             took = time.perf_counter() - start
-            self.hooks.metrics.handler_ran(event.tag, took, failed=True)
+            self.hooks.metrics.handler_ran(event.tag, took, True)
             logger.error(
                 "%s %s: handler %s failed: %s: %s",
                 event.webhook, event.tag or "(unmatched)", handler.name, type(error).__name__, error,
@@ -279,7 +279,7 @@ class Pipeline:
             await self.report_error(event, error)
             return HandlerOutcome(handler.name, error, took), None
         took = time.perf_counter() - start
-        self.hooks.metrics.handler_ran(event.tag, took, failed=False)
+        self.hooks.metrics.handler_ran(event.tag, took, False)
         return HandlerOutcome(handler.name, None, took), returned if isinstance(
             returned, Response
         ) else None

@@ -105,7 +105,7 @@ class PrometheusMetrics(Metrics):
         by_status = self.deliveries.setdefault(webhook, {}).setdefault(event, {})
         by_status[status] = by_status.get(status, 0) + 1
 
-    def handler_ran(self, event: str | None, duration: float, *, failed: bool) -> None:
+    def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
         try:
             histogram = self.durations[event]
         except KeyError:
@@ -284,7 +284,7 @@ class MultiProcessMetrics(PrometheusMetrics):
             self._delivery_children[key] = child
         return child
 
-    def handler_ran(self, event: str | None, duration: float, *, failed: bool) -> None:
+    def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
         child = self._duration_children.get(event)
         if child is None:
             child = self._duration_children[event] = self.shared.durations.labels(event or "")

@@ -187,7 +187,7 @@ class QueuedMode:
             failed = False
         finally:
             took = time.perf_counter() - start
-            self.hooks.metrics.handler_ran(task.event, took, failed=failed)
+            self.hooks.metrics.handler_ran(task.event, took, failed)
             logger.info(
                 "%s %s %s attempt %d %.1fms %s %s",
                 task.webhook, task.event or "-", "failed" if failed else "done", task.attempt,
