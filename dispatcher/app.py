@@ -34,7 +34,7 @@ _EMPTY: Mapping[str, str] = {}
 MiB = 1024 * 1024
 
 
-class Dispatcher:
+class Dispatcher(Receiver):
     """An incoming-webhook dispatcher: a catalog of webhooks and events, and their handlers.
 
     Options:
@@ -82,7 +82,6 @@ class Dispatcher:
         self.pipeline = Pipeline(self)
         self.testing = TestingKit(self)
         self.started = False
-        self._receiver = Receiver(self)
         self._start_lock = threading.Lock()
         self.retry = Retry()
         self.lease = 30.0
@@ -272,12 +271,6 @@ class Dispatcher:
             await self.shutdown()
 
     # --- ASGI ---------------------------------------------------------------------------------
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":  # the hot path: straight in, one call level fewer
-            await self._receiver.http(scope, receive, send)
-        else:
-            await self._receiver(scope, receive, send)
 
     async def internal(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The receiver's own routes: ``/_health`` (and, with their extras, metrics and console)."""

@@ -40,37 +40,34 @@ def route_path(scope: Scope) -> str:
 
 
 class Receiver:
-    """ASGI entry point of a Dispatcher."""
+    """The ASGI behaviour of a Dispatcher, which inherits it: ``Dispatcher`` *is* the app.
 
-    def __init__(self, hooks: Dispatcher) -> None:
-        self.hooks = hooks
+    A mixin rather than a separate object so that ``await hooks(scope, ...)`` runs
+    the webhook route with no call level in between.
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "lifespan":
-            await self.lifespan(receive, send)
-        elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1000})
-
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hooks = self.hooks
-        if not hooks.started:
-            failed = await hooks.ensure_started()
+    async def __call__(self: Dispatcher, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[misc]
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.run_lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        if not self.started:
+            failed = await self.ensure_started()
             if failed is not None:
                 await send_json(send, 503, {"error": "not_ready", "detail": failed})
                 return
         path = route_path(scope) if scope.get("root_path") else scope["path"]
         if path.startswith("/_"):
-            await hooks.internal(path, scope, receive, send)
+            await self.internal(path, scope, receive, send)
             return
         start = time.perf_counter()
         tag = path[1:-1] if path.endswith("/") else path[1:]
-        # The webhook route, inline (each coroutine level costs a measurable share):
+        # The webhook route, inline (each call level costs a measurable share):
         # path and method (404, 405), size (413), then the pipeline.
-        pipeline = hooks.pipeline
-        if tag not in hooks.catalog.webhooks:
+        pipeline = self.pipeline
+        if tag not in self.catalog.webhooks:
             result = pipeline.unknown_webhook(tag)
         elif scope["method"] != "POST":
             result = rejected(
@@ -80,7 +77,7 @@ class Receiver:
         else:
             headers = Headers.from_asgi(scope["headers"])
             declared = headers.value(b"content-length")
-            limit = hooks.max_body_size
+            limit = self.max_body_size
             try:
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     body = None
@@ -105,7 +102,7 @@ class Receiver:
         if result.response is not None:
             await result.response(scope, receive, send)
         else:  # send_json, inline: this is every delivery's answer
-            content = orjson.dumps(result.body())
+            content = answer_body(result)
             raw = [JSON_HEADER, (b"content-length", str(len(content)).encode())]
             if result.headers:
                 raw.extend(
@@ -116,16 +113,16 @@ class Receiver:
             )
             await send({"type": "http.response.body", "body": content})
         took = time.perf_counter() - start
-        hooks.metrics.delivery(result.webhook or tag, result.event, result.status, took)
+        self.metrics.delivery(result.webhook or tag, result.event, result.status, took)
         if logger.isEnabledFor(logging.INFO):
             log_delivery(result, tag, took)
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
+    async def run_lifespan(self: Dispatcher, receive: Receive, send: Send) -> None:  # type: ignore[misc]
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.hooks.startup()
+                    await self.startup()
                 except Exception as error:
                     logger.error("startup failed: %s", error)
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
@@ -133,13 +130,32 @@ class Receiver:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
-                    await self.hooks.shutdown()
+                    await self.shutdown()
                 except Exception as error:
                     logger.exception("shutdown failed")
                     await send({"type": "lifespan.shutdown.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# Success answers differ only by their id: each (webhook, event, status) gets a template once.
+_ANSWERS: dict[tuple[str | None, str | None, str], bytes] = {}
+_MAX_ANSWERS = 10_000
+
+
+def answer_body(result: DispatchResult) -> bytes:
+    """The JSON answer of a result; success answers come from a template (ids are hex)."""
+    if result.error is not None:
+        return orjson.dumps(result.body())
+    key = (result.webhook, result.event, result.status)
+    template = _ANSWERS.get(key)
+    if template is None:
+        if len(_ANSWERS) >= _MAX_ANSWERS:  # catalogs churned a lot: start over
+            _ANSWERS.clear()
+        shape = orjson.dumps({"id": "", "webhook": key[0], "event": key[1], "status": key[2]})
+        template = _ANSWERS[key] = shape.replace(b'"id":""', b'"id":"%s"', 1)
+    return template % result.id.encode()  # type: ignore[union-attr]
 
 
 def log_delivery(result: DispatchResult, tag: str, took: float) -> None:
