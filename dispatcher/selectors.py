@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,9 +177,30 @@ def _split_fields(text: str, field: str) -> list[str]:
         raise ValidationError(field, f"is empty; {GRAMMAR}")
     parts: list[str] = []
     depth = 0
-    quote: str | None = None
     start = 0
-    i = 0
+    for i, c in _unquoted(text, 0, field):
+        if c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth -= 1
+            if depth < 0:
+                raise ValidationError(field, f"{text!r} has an unmatched {c!r}; {GRAMMAR}")
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValidationError(field, f"{text!r} has an unclosed brace; {GRAMMAR}")
+    parts.append(text[start:])
+    parts = [part.strip() for part in parts]
+    if any(not part for part in parts):
+        raise ValidationError(field, f"{text!r} has an empty field between commas; {GRAMMAR}")
+    return parts
+
+
+def _unquoted(text: str, start: int, field: str) -> Iterator[tuple[int, str]]:
+    """Each (index, character) of ``text`` from ``start`` that is outside quotes."""
+    quote: str | None = None
+    i = start
     while i < len(text):
         c = text[i]
         if quote:
@@ -189,23 +210,11 @@ def _split_fields(text: str, field: str) -> list[str]:
                 quote = None
         elif c in "\"'":
             quote = c
-        elif c in "{[(":
-            depth += 1
-        elif c in "}])":
-            depth -= 1
-            if depth < 0:
-                raise ValidationError(field, f"{text!r} has an unmatched {c!r}; {GRAMMAR}")
-        elif c == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
+        else:
+            yield i, c
         i += 1
-    if quote or depth:
-        raise ValidationError(field, f"{text!r} has an unclosed quote or brace; {GRAMMAR}")
-    parts.append(text[start:])
-    parts = [part.strip() for part in parts]
-    if any(not part for part in parts):
-        raise ValidationError(field, f"{text!r} has an empty field between commas; {GRAMMAR}")
-    return parts
+    if quote:
+        raise ValidationError(field, f"{text!r} has an unclosed quote; {GRAMMAR}")
 
 
 SOURCES = {"$Event": "event", "$Header": "header", "$Query": "query"}
@@ -245,30 +254,22 @@ def _brace_groups(text: str, pos: int, field: str) -> list[str]:
             raise ValidationError(
                 field, f"{text!r}: unexpected {text[pos]!r} after a closing brace; {GRAMMAR}"
             )
-        depth, quote, i = 0, None, pos
-        while i < len(text):
-            c = text[i]
-            if quote:
-                if c == "\\":
-                    i += 1
-                elif c == quote:
-                    quote = None
-            elif c in "\"'":
-                quote = c
-            elif c == "{":
+        depth, end = 0, -1
+        for i, c in _unquoted(text, pos, field):
+            if c == "{":
                 depth += 1
             elif c == "}":
                 depth -= 1
                 if depth == 0:
+                    end = i
                     break
-            i += 1
-        if i >= len(text):
+        if end < 0:
             raise ValidationError(field, f"{text!r}: a brace is never closed; {GRAMMAR}")
-        content = text[pos + 1 : i].strip()
+        content = text[pos + 1 : end].strip()
         if not content:
             raise ValidationError(field, f"{text!r}: empty braces; put a field name inside")
         groups.append(content)
-        pos = i + 1
+        pos = end + 1
     return groups
 
 

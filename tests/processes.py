@@ -58,3 +58,18 @@ def wait_for_line(path: Path, line: str, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{line!r} never appeared in {path}")
+
+
+def drop_inbox_schema(url: str) -> None:
+    """Remove the PostgreSQL schema a test's inbox URL (``?schema=...``) created."""
+    import asyncio
+
+    from dispatcher.inbox import open_inbox
+
+    async def drop() -> None:
+        store = open_inbox(url)
+        await store.open()
+        await store.drop_schema()  # type: ignore[attr-defined]
+        await store.close()
+
+    asyncio.run(drop())

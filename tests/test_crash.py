@@ -32,7 +32,7 @@ import pytest
 
 from dispatcher.inbox import open_inbox
 
-from .processes import ROOT, free_port, start, wait_healthy
+from .processes import ROOT, drop_inbox_schema, free_port, start, wait_healthy
 
 CATALOG = str(ROOT / "tests" / "crash_catalog.json")
 N = 2_000
@@ -179,14 +179,7 @@ def inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         return
     url = f"{request.getfixturevalue('postgres_url')}?schema=crash_{uuid.uuid4().hex[:8]}"
     yield url
-
-    async def drop() -> None:
-        store = open_inbox(url)
-        await store.open()
-        await store.drop_schema()  # type: ignore[attr-defined]
-        await store.close()
-
-    asyncio.run(drop())
+    drop_inbox_schema(url)
 
 
 def test_nothing_acknowledged_is_lost_across_sigkills(inbox_url: str, tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def test_objects_and_arrays_are_not_values() -> None:
     [
         ("event", "is not a selector field"),
         ("$Event{}", "empty braces"),
-        ("$Event{a", "unclosed quote or brace"),
+        ("$Event{a", "unclosed brace"),
+        ('$Event{["a]}', "unclosed quote"),
         ("$Event{a..b}", "empty key"),
         ("$Event{a.}", "ends with a dot"),
         ("$Event{a[x]}", "neither an array index"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 import uuid
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from dispatcher.inbox import open_inbox
-
-from .processes import ROOT, free_port, start, wait_healthy
+from .processes import ROOT, drop_inbox_schema, free_port, start, wait_healthy
 from .test_crash import wait_idle
 
 CATALOG = str(ROOT / "tests" / "crash_catalog.json")
@@ -48,14 +45,7 @@ def test_two_worker_processes_share_a_postgres_inbox(postgres_url: str, tmp_path
             proc.send_signal(signal.SIGTERM)
         for proc in [server, *workers]:
             proc.wait(timeout=20)
-
-        async def drop() -> None:
-            store = open_inbox(url)
-            await store.open()
-            await store.drop_schema()  # type: ignore[attr-defined]
-            await store.close()
-
-        asyncio.run(drop())
+        drop_inbox_schema(url)
     lines = [line.split() for line in out.read_text().splitlines()]
     starts = Counter(int(n) for kind, n, _ in lines if kind == "start")
     ends = Counter(int(n) for kind, n, _ in lines if kind == "end")
