@@ -21,9 +21,11 @@ import orjson
 
 from .errors import CatalogError, ConflictError, DispatcherError, ValidationError
 from .matching import Entry
+from .validation import validate_event, validate_webhook
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, Webhook, WebhookEvent
+    from .catalog import Catalog
+    from .records import Webhook, WebhookEvent
 
 FORMATS = {".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 
@@ -70,8 +72,6 @@ def check_catalog_data(
     catalog: Catalog, data: dict[str, Any], source: str
 ) -> tuple[list[Webhook], list[tuple[WebhookEvent, Entry]]]:
     """Validate file data against (and in addition to) ``catalog``; raise CatalogError with all errors."""
-    from .catalog import validate_event, validate_webhook
-
     errors: list[ValidationError] = []
     webhooks: list[Webhook] = []
     events: list[tuple[WebhookEvent, Entry]] = []

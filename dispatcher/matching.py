@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .selectors import Extractor, Selector, compile_lookup, compile_selector
+from .extractors import Extractor, compile_lookup, compile_selector
+from .selectors import Selector
 
 if TYPE_CHECKING:
-    from .catalog import WebhookEvent
+    from .records import WebhookEvent
 
 Matcher = Callable[[Any, Mapping[str, str], Mapping[str, str]], "WebhookEvent | None"]
 

@@ -24,8 +24,9 @@ from starlette.responses import Response
 from .bodies import BodyError, body_kind, json_problem, parse_body
 from .errors import closest
 from .event import Event
+from .extractors import MISSING, compile_selector
 from .headers import Headers
-from .selectors import MISSING, compile_selector, parse_selector
+from .selectors import parse_selector
 
 if TYPE_CHECKING:
     from .app import Dispatcher

@@ -1,4 +1,4 @@
-"""The selector grammar, canonical forms, extraction and value keys."""
+"""The selector grammar and canonical forms (selectors.py), extraction and value keys (extractors.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from hypothesis import strategies as st
 from jsonpath_ng.ext import parse as jsonpath_parse
 
 from dispatcher import ValidationError
-from dispatcher.selectors import (
-    MISSING,
-    Field,
-    compile_field,
-    compile_selector,
-    parse_selector,
-    value_key,
-)
+from dispatcher.extractors import MISSING, compile_field, compile_selector, value_key
+from dispatcher.selectors import Field, parse_selector
 
 
 def canon(text: str) -> str:

@@ -24,8 +24,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import NotFoundError
+from ..extractors import describe
 from ..receiver import Receive, Scope, Send
-from ..selectors import describe
 from .auth import COOKIE, SESSION_TTL, ConsoleAuth
 from .catalog_view import catalog_view
 from .chart import deliveries_chart, status_totals

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import closest
+from ..extractors import MISSING, describe, extract_from_sample
 from ..routing import UNMATCHED, Handler
-from ..selectors import MISSING, describe, extract_from_sample, parse_selector
+from ..selectors import parse_selector
 
 if TYPE_CHECKING:
     from ..app import Dispatcher

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import QueryParams
 
 from ..bodies import BodyError, body_kind, parse_body
-from ..selectors import MISSING, compile_field, describe, parse_selector
+from ..extractors import MISSING, compile_field, describe
+from ..selectors import parse_selector
 from .catalog_view import HandlerView, handler_views, pretty_json
 
 if TYPE_CHECKING:
