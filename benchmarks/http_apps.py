@@ -61,14 +61,19 @@ async def raw(scope, receive, send):  # type: ignore[no-untyped-def]
 
 
 # (b) the dispatcher: a 20-event catalog, one no-op async handler per event.
-hooks = Dispatcher()
-hooks.webhooks.create(tag="payments", name="Payments", description="benchmark")
-for name in EVENTS:
-    hooks.webhooks.events.create(
-        name=name, tag=f"payments:{name}", description="benchmark", selector="$Event{event}",
-        sample={"event": name},
-    )  # fmt: skip
-    hooks.on(f"payments:{name}", noop)
+def bench_dispatcher(**options: object) -> Dispatcher:
+    built = Dispatcher(**options)  # type: ignore[arg-type]
+    built.webhooks.create(tag="payments", name="Payments", description="benchmark")
+    for name in EVENTS:
+        built.webhooks.events.create(
+            name=name, tag=f"payments:{name}", description="benchmark", selector="$Event{event}",
+            sample={"event": name},
+        )  # fmt: skip
+        built.on(f"payments:{name}", noop)
+    return built
+
+
+hooks = bench_dispatcher()
 
 
 # (c)/(d) hand-written routing: parse, then if/elif on the field.
@@ -108,14 +113,6 @@ def queued_app() -> Dispatcher:
     """
     import os
 
-    queued = Dispatcher(
+    return bench_dispatcher(
         inbox=os.environ["BENCH_INBOX"], concurrency=int(os.environ.get("BENCH_CONCURRENCY", "4"))
     )
-    queued.webhooks.create(tag="payments", name="Payments", description="benchmark")
-    for name in EVENTS:
-        queued.webhooks.events.create(
-            name=name, tag=f"payments:{name}", description="benchmark", selector="$Event{event}",
-            sample={"event": name},
-        )  # fmt: skip
-        queued.on(f"payments:{name}", noop)
-    return queued
