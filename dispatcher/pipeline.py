@@ -261,6 +261,7 @@ class Pipeline:
     ) -> tuple[HandlerOutcome, Response | None]:
         start = time.perf_counter()
         try:
+            # Handler.__call__, inlined: one coroutine level less on every delivery.
             if handler.is_async:
                 returned = await handler.func(event)
             else:  # plain functions run in a worker thread, off the event loop

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import QueryParams
 
@@ -180,10 +180,7 @@ class QueuedMode:
         start = time.perf_counter()
         failed = True
         try:
-            if handler.is_async:
-                await handler.func(event)
-            else:
-                await asyncio.to_thread(handler.func, event)
+            await handler(event)
             failed = False
         finally:
             took = time.perf_counter() - start
@@ -213,6 +210,3 @@ class QueuedMode:
             task.webhook, task.event or "-", task.handler, task.attempt, error,
         )  # fmt: skip
         await self.hooks.pipeline.report_error(event, error)
-
-    async def stats(self) -> dict[str, Any]:
-        return await self.store.stats()
