@@ -37,7 +37,8 @@ class Headers(Mapping[str, str]):
         """Wrap an ASGI scope's header list (names already lower-case)."""
         self = cls.__new__(cls)
         self._asgi = raw
-        self._by_name = _index(raw)
+        by_name = dict(raw)  # _index, inlined: every request makes one
+        self._by_name = by_name if len(by_name) == len(raw) else _index(raw)
         return self
 
     def value(self, name: bytes) -> bytes | None:

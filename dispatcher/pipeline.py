@@ -45,6 +45,7 @@ class HandlerOutcome:
     handler: str
     error: BaseException | None = None
     duration: float = 0.0
+    response: Response | None = field(default=None, repr=False)  # what the handler returned
 
     @property
     def ok(self) -> bool:
@@ -97,7 +98,10 @@ def _id_source() -> Callable[[], str]:
     process, and a fraction of uuid4's cost: the returned function is a chain
     of C calls (``map.__next__`` over a counter, formatting with ``%``).
     """
-    return map((os.urandom(8).hex() + "%016x").__mod__, itertools.count()).__next__
+    # The counter starts at a random 64-bit prefix (top bit set, so always 32 digits)
+    # shifted over 64 zero bits: one "%x" formats prefix and count together.
+    start = (int.from_bytes(os.urandom(8)) | 1 << 63) << 64
+    return map("%x".__mod__, itertools.count(start)).__next__
 
 
 def _fresh_ids_after_fork() -> None:
@@ -134,12 +138,24 @@ class Pipeline:
         *,
         received_at: datetime | None = None,
     ) -> DispatchResult:
-        hooks = self.hooks
-        webhook = hooks.catalog.webhooks.get(webhook_tag)
+        webhook = self.hooks.catalog.webhooks.get(webhook_tag)
         if webhook is None:
             return self.unknown_webhook(webhook_tag)
-        if len(body) > hooks.max_body_size:
+        if len(body) > self.hooks.max_body_size:
             return self.too_large()
+        return await self.accept(webhook, body, headers, query_string, received_at)
+
+    async def accept(
+        self,
+        webhook: Webhook,
+        body: bytes,
+        headers: Headers,
+        query_string: str,
+        received_at: datetime | None = None,
+    ) -> DispatchResult:
+        """``deliver`` once the webhook is known and the body within the limit (the
+        receiver has checked both on its way)."""
+        hooks = self.hooks
         if webhook.verify is not None:
             refused = self._verify(webhook, headers, body)
             if refused is not None:
@@ -159,32 +175,27 @@ class Pipeline:
         if webhook.idempotency_key is not None or webhook.verify is not None:
             key = self._idempotency_key(webhook, payload, headers, query)
         event = hooks.catalog.indexes[webhook.tag].match(payload, headers, query)
-        tag = event.tag if event is not None else None
-        if tag is None and hooks.unmatched == "reject":
+        if event is not None:
+            tag, name = event.tag, event.name
+        elif hooks.unmatched == "reject":
             return rejected(
                 422,
                 "unmatched",
                 f"the payload matches no event of webhook {webhook.tag!r}",
                 webhook=webhook.tag,
             )
+        else:
+            tag = name = None
         delivery = Event(  # positional: keyword arguments cost more on this path
-            new_id(),
-            webhook.tag,
-            tag,
-            event.name if event is not None else None,
-            payload,
-            headers,
-            query,
-            body,
+            new_id(), webhook.tag, tag, name, payload, headers, query, body,
             received_at or time.time(),
-        )
+        )  # fmt: skip
         handlers = hooks.router.resolve(webhook.tag, tag)
         if hooks.inbox is not None:
             return await hooks.inbox.enqueue(delivery, handlers, key)
         if key is None:
             if len(handlers) == 1:  # the common case, one call level shorter
-                outcome, response = await self._run_one(handlers[0], delivery)
-                return self._result(delivery, (outcome,), response)
+                return self._result(delivery, (await self._run_one(handlers[0], delivery),))
             return await self.run(delivery, handlers)
         guard = hooks.idempotency
         if not await guard.acquire(webhook.tag, key):
@@ -227,38 +238,34 @@ class Pipeline:
 
     async def run(self, event: Event, handlers: tuple[Handler, ...]) -> DispatchResult:
         """Run every handler concurrently (inline mode); the delivery fails if any fails."""
-        if not handlers:
-            return self._result(event, (), None)
         if len(handlers) == 1:
-            outcome, returned = await self._run_one(handlers[0], event)
-            return self._result(event, (outcome,), returned)
-        ran = await asyncio.gather(*(self._run_one(handler, event) for handler in handlers))
-        outcomes = tuple(outcome for outcome, _ in ran)
-        response = next((returned for _, returned in ran if returned is not None), None)
-        return self._result(event, outcomes, response)
+            return self._result(event, (await self._run_one(handlers[0], event),))
+        if not handlers:
+            return self._result(event, ())
+        return self._result(
+            event, tuple(await asyncio.gather(*(self._run_one(h, event) for h in handlers)))
+        )
 
-    def _result(
-        self, event: Event, outcomes: tuple[HandlerOutcome, ...], response: Response | None
-    ) -> DispatchResult:
-        failed = False
+    def _result(self, event: Event, outcomes: tuple[HandlerOutcome, ...]) -> DispatchResult:
+        """Processed (or unmatched) if every handler succeeded; the first response returned
+        in resolution order answers. Failed if any raised."""
+        response = None
         for outcome in outcomes:  # a loop, not any(genexpr): this runs for every delivery
             if outcome.error is not None:
-                failed = True
-        if failed:
-            return DispatchResult(
-                "failed", 500, event.id, event.webhook, event.tag,
-                error="handler_failed", detail="a handler raised; the provider should retry",
-                outcomes=outcomes,
-            )  # fmt: skip
+                return DispatchResult(
+                    "failed", 500, event.id, event.webhook, event.tag,
+                    error="handler_failed", detail="a handler raised; the provider should retry",
+                    outcomes=outcomes,
+                )  # fmt: skip
+            if response is None:
+                response = outcome.response
         status = "processed" if event.tag is not None else "unmatched"
         # positional: every delivery makes one, and keyword arguments cost more
         return DispatchResult(
             status, 200, event.id, event.webhook, event.tag, None, None, outcomes, response
         )
 
-    async def _run_one(
-        self, handler: Handler, event: Event
-    ) -> tuple[HandlerOutcome, Response | None]:
+    async def _run_one(self, handler: Handler, event: Event) -> HandlerOutcome:
         start = time.perf_counter()
         try:
             # Handler.__call__, inlined: one coroutine level less on every delivery.
@@ -275,12 +282,12 @@ class Pipeline:
                 exc_info=error,
             )  # fmt: skip
             await self.report_error(event, error)
-            return HandlerOutcome(handler.name, error, took), None
+            return HandlerOutcome(handler.name, error, took)
         took = time.perf_counter() - start
         self.hooks.metrics.handler_ran(event.tag, took, False)
-        return HandlerOutcome(handler.name, None, took), returned if isinstance(
-            returned, Response
-        ) else None
+        if returned is None or not isinstance(returned, Response):
+            return HandlerOutcome(handler.name, None, took)
+        return HandlerOutcome(handler.name, None, took, returned)
 
     async def report_error(self, event: Event, error: BaseException) -> None:
         """Call every on_error handler; their own failures are logged, never raised."""

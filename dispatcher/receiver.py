@@ -66,39 +66,38 @@ class Receiver:
         tag = path[1:-1] if path.endswith("/") else path[1:]
         # The webhook route, inline (each call level costs a measurable share):
         # path and method (404, 405), size (413), then the pipeline.
-        pipeline = self.pipeline
-        if tag not in self.catalog.webhooks:
-            result = pipeline.unknown_webhook(tag)
+        webhook = self.catalog.webhooks.get(tag)
+        if webhook is None:
+            result = self.pipeline.unknown_webhook(tag)
         elif scope["method"] != "POST":
             result = rejected(
                 405, "method_not_allowed", f"webhooks are delivered with POST, not {scope['method']}",
                 webhook=tag, headers={"allow": "POST"},
             )  # fmt: skip
         else:
-            headers = Headers.from_asgi(scope["headers"])
-            declared = headers.value(b"content-length")
             limit = self.max_body_size
             try:
-                if declared is not None and declared.isdigit() and int(declared) > limit:
+                message = await receive()
+                body = message.get("body", b"")
+                if message.get("more_body", False):  # streamed: read on, within the limit
+                    body = await read_rest(receive, body, limit, scope["headers"])
+                elif len(body) > limit:
                     body = None
-                else:
-                    message = await receive()
-                    body = message.get("body", b"")
-                    if message.get("more_body", False):  # streamed: read on, within the limit
-                        body = await read_rest(receive, body, limit)
-                    elif len(body) > limit:
-                        body = None
-                if body is None:
-                    result = pipeline.too_large()
-                else:
-                    query = scope.get("query_string", b"")
-                    result = await pipeline.deliver(
-                        tag, body, headers, query.decode("latin-1") if query else ""
-                    )
             except ClientDisconnected:
                 result = rejected(
                     400, "incomplete_body", "the client went away before the body ended"
                 )
+            else:
+                if body is None:
+                    result = self.pipeline.too_large()
+                else:
+                    query = scope.get("query_string", b"")
+                    result = await self.pipeline.accept(
+                        webhook,
+                        body,
+                        Headers.from_asgi(scope["headers"]),
+                        query.decode("latin-1") if query else "",
+                    )
         if result.response is not None:
             await result.response(scope, receive, send)
         else:  # send_json, inline: this is every delivery's answer
@@ -177,11 +176,18 @@ class ClientDisconnected(Exception):
     """The client hung up mid-body: nothing of it is dispatched."""
 
 
-async def read_rest(receive: Receive, first: bytes, limit: int) -> bytes | None:
+async def read_rest(
+    receive: Receive, first: bytes, limit: int, headers: list[tuple[bytes, bytes]]
+) -> bytes | None:
     """The rest of a streamed body after its ``first`` chunk, or None as soon as the whole
-    passes ``limit`` (what follows is never buffered)."""
+    passes ``limit``, declared (Content-Length) or counted: what follows is never read."""
     if len(first) > limit:
         return None
+    for name, value in headers:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                return None
+            break
     chunks = [first]
     size = len(first)
     message: Message = {"more_body": True}

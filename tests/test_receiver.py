@@ -144,6 +144,28 @@ async def test_oversized_streamed_body_is_refused_before_the_rest_is_read() -> N
     assert len(read) == 3  # 400, 800, 1200 bytes: stopped at the first chunk over the limit
 
 
+async def test_streamed_body_declared_over_the_limit_is_refused_after_one_chunk() -> None:
+    hooks = make(max_body_size=1000)
+    read: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        read.append(1)
+        return {"type": "http.request", "body": b'{"pad": "', "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/payments", "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"5000")],
+    }  # fmt: skip
+    await hooks.startup()
+    await hooks(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert len(read) == 1  # the Content-Length said enough: nothing more was read
+
+
 async def test_unsupported_content_type_is_415_and_missing_is_json() -> None:
     hooks = make()
     response = await post(
