@@ -27,6 +27,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("dispatcher")
+INFO = logging.INFO
 JSON_HEADER = (b"content-type", b"application/json")
 
 
@@ -113,7 +114,7 @@ class Receiver:
             await send({"type": "http.response.body", "body": content})
         took = time.perf_counter() - start
         self.metrics.delivery(result.webhook or tag, result.event, result.status, took)
-        if logger.isEnabledFor(logging.INFO):
+        if logger.isEnabledFor(INFO):
             log_delivery(result, tag, took)
 
     async def run_lifespan(self: Dispatcher, receive: Receive, send: Send) -> None:  # type: ignore[misc]
@@ -138,8 +139,9 @@ class Receiver:
                 return
 
 
-# Success answers differ only by their id: each (webhook, event, status) gets a template once.
-_ANSWERS: dict[tuple[str | None, str | None, str], bytes] = {}
+# Success answers differ only by their id: each (status, event or webhook) gets a template
+# once. An event tag names its webhook, and a webhook tag has no ':', so they never clash.
+_ANSWERS: dict[str, dict[str | None, bytes]] = {}
 _MAX_ANSWERS = 10_000
 
 
@@ -147,14 +149,22 @@ def answer_body(result: DispatchResult) -> bytes:
     """The JSON answer of a result; success answers come from a template (ids are hex)."""
     if result.error is not None:
         return orjson.dumps(result.body())
-    key = (result.webhook, result.event, result.status)
-    template = _ANSWERS.get(key)
-    if template is None:
-        if len(_ANSWERS) >= _MAX_ANSWERS:  # catalogs churned a lot: start over
-            _ANSWERS.clear()
-        shape = orjson.dumps({"id": "", "webhook": key[0], "event": key[1], "status": key[2]})
-        template = _ANSWERS[key] = shape.replace(b'"id":""', b'"id":"%s"', 1)
+    try:
+        template = _ANSWERS[result.status][result.event or result.webhook]
+    except KeyError:
+        template = _answer_template(result)
     return template % result.id.encode()  # type: ignore[union-attr]
+
+
+def _answer_template(result: DispatchResult) -> bytes:
+    if sum(map(len, _ANSWERS.values())) >= _MAX_ANSWERS:  # catalogs churned a lot: start over
+        _ANSWERS.clear()
+    shape = orjson.dumps(
+        {"id": "", "webhook": result.webhook, "event": result.event, "status": result.status}
+    )
+    template = shape.replace(b'"id":""', b'"id":"%s"', 1)
+    _ANSWERS.setdefault(result.status, {})[result.event or result.webhook] = template
+    return template
 
 
 def log_delivery(result: DispatchResult, tag: str, took: float) -> None:

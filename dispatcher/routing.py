@@ -69,7 +69,8 @@ class Router:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}  # pattern → handlers, registration order
         self.error_handlers: list[Callable[..., Any]] = []
-        self._resolved: dict[tuple[str, str | None], tuple[Handler, ...]] = {}
+        # Keyed by event tag, or by webhook tag for unmatched payloads (no ':', so no clash).
+        self._resolved: dict[str, tuple[Handler, ...]] = {}
         self._by_key: dict[str, Handler] = {}
 
     # --- registration --------------------------------------------------------------------------
@@ -141,7 +142,7 @@ class Router:
 
     def resolve(self, webhook: str, tag: str | None) -> tuple[Handler, ...]:
         """The handlers for an event (or, with tag None, for an unmatched payload), in order."""
-        cache_key = (webhook, tag)
+        cache_key = tag or webhook  # an event tag names its webhook: no tuple to build
         found = self._resolved.get(cache_key)
         if found is None:
             get = self.handlers.get
