@@ -69,6 +69,12 @@ class Event:
             received = self._received = datetime.fromtimestamp(received, UTC)
         return received
 
+    @property
+    def received_timestamp(self) -> float:
+        """``received_at`` as seconds since the epoch (what the inbox stores)."""
+        received = self._received
+        return received.timestamp() if isinstance(received, datetime) else received
+
     def __repr__(self) -> str:
         return (
             f"Event(id={self.id!r}, webhook={self.webhook!r}, tag={self.tag!r}, "

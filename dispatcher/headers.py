@@ -70,7 +70,7 @@ class Headers(Mapping[str, str]):
     @property
     def raw(self) -> tuple[tuple[str, str], ...]:
         """Every header as received, repeats included, in order."""
-        return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._asgi)
+        return tuple([(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._asgi])
 
     def getlist(self, name: str) -> list[str]:
         key = name.lower().encode("latin-1")

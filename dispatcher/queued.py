@@ -123,8 +123,8 @@ class QueuedMode:
             idempotency_key=key,
             body=event.body,
             headers=event.headers.raw,
-            query=str(event.query),
-            received_at=event.received_at.timestamp(),  # exact: made from the epoch float
+            query=str(event.query) if event.query else "",
+            received_at=event.received_timestamp,
             handlers=tuple(handler.key for handler in handlers),
         )
         try:

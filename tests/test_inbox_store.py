@@ -489,6 +489,63 @@ async def test_sqlite_one_failing_op_does_not_fail_its_batch(
         assert await store.pending_count() == 21
 
 
+async def test_sqlite_waits_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+        add = asyncio.ensure_future(store.add(make_delivery(clock, "waits")))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the add waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not add.done()
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(add, 5) == "stored"
+        assert await store.add(make_delivery(clock, "after")) == "stored"  # back on the loop
+
+
+async def test_sqlite_gives_up_on_a_lock_held_past_the_busy_timeout(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock, busy_timeout=0.2) as store:
+        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await store.add(make_delivery(clock, "refused"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await store.add(make_delivery(clock, "later")) == "stored"
+        assert await store.get("refused") is None
+
+
+async def test_sqlite_group_commits_outcomes_and_fences_a_second_outcome_of_one_task(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        await asyncio.gather(*(store.add(make_delivery(clock, f"d{i}")) for i in range(40)))
+        tasks = await store.claim("w", 40, 30)
+        before = store.commits
+        results = await asyncio.gather(
+            *(store.complete(task) for task in tasks[:39]),
+            store.fail(tasks[0], "late", None),  # a second outcome of one task: fenced
+            store.fail(tasks[39], "boom", None),
+        )
+        assert results == [True] * 39 + [False, True]
+        assert store.commits - before < 5
+        stats = await store.stats()
+        assert stats["deliveries"]["done"] == 39 and stats["deliveries"]["dead"] == 1
+        dead = await store.get(tasks[39].delivery_id)
+        assert dead["attempts"][-1]["error"] == "boom"
+
+
 async def test_sqlite_close_finishes_queued_writes_and_data_survives(
     tmp_path: Path, anyio_backend: str
 ) -> None:

@@ -26,7 +26,7 @@ TERMINAL_STATUSES = ("done", "dead")
 LAPSED_ERROR = "lease lapsed before the attempt finished (worker died or was too slow)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: every request makes one, and frozen fields cost more
 class NewDelivery:
     id: str
     webhook: str
@@ -235,6 +235,8 @@ class Wakeup:
         self._missed = False
 
     def notify(self) -> None:
+        if self._missed and not self._waiters:
+            return  # remembered already, and any new waiter sees that: nothing to do
         with self._lock:
             waiters = list(self._waiters)
             self._waiters.clear()

@@ -2,8 +2,9 @@
 
 Durability: ``synchronous=FULL`` fsyncs the WAL on every commit, so an acknowledged
 delivery survives a process crash and a power loss. Every write goes through one
-``Writer`` thread (sqlite_writer.py), which commits whatever is queued in one transaction:
-one fsync per batch, and each caller is answered only after its batch committed.
+``Writer`` (sqlite_writer.py), which commits whatever was queued meanwhile in one
+transaction: one fsync per batch, and each caller is answered only after its batch
+committed.
 
 Reads (next_due, stats, list, get) use a second connection on a reader thread: WAL
 readers see the last commit and never block the writer.
@@ -23,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from dispatcher.errors import NotFoundError, ValidationError
 from dispatcher.inbox.base import (
     LAPSED_ERROR,
@@ -39,7 +42,7 @@ from dispatcher.inbox.base import (
     unique_handlers,
     wait_for_work,
 )
-from dispatcher.inbox.sqlite_writer import Writer
+from dispatcher.inbox.sqlite_writer import STATEMENT_CACHE, Writer, chunked, insert_rows
 
 T = TypeVar("T")
 
@@ -159,8 +162,10 @@ class SQLiteStore(InboxStore):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = Writer(self._connect_writer, batch_size=self._batch_size)
-        await asyncio.wrap_future(writer.start())
+        writer = Writer(
+            self._connect_writer, batch_size=self._batch_size, busy_timeout=self._busy_ms / 1000
+        )
+        await writer.start()
         self._writer = writer
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-inbox-reader")
         try:
@@ -173,13 +178,18 @@ class SQLiteStore(InboxStore):
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         if writer is not None:
-            await asyncio.to_thread(writer.stop)
+            await writer.close()
         if reader is not None:
             await asyncio.wrap_future(reader.submit(self._close_reader))
             reader.shutdown(wait=False)
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=STATEMENT_CACHE,
+        )
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -226,37 +236,49 @@ class SQLiteStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
-        result = await self._write(lambda conn: self._add(conn, delivery))
+        if self._writer is None:
+            raise RuntimeError("the inbox store is not open; call open() first")
+        result: str = await self._writer.submit_grouped(self._add_many, delivery)
         if result == "stored":
             self._wakeup.notify()
         return result
 
-    def _add(self, conn: sqlite3.Connection, d: NewDelivery) -> str:
+    def _add_many(self, conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[str]:
+        """Store a group of deliveries and their tasks: "stored" or "duplicate" for each.
+
+        The writer holds the write lock (BEGIN IMMEDIATE), so the check for keys already
+        stored cannot race with another process's insert; a key repeated within the
+        group is a duplicate of its first delivery.
+        """
         now = self.clock()
-        handlers = unique_handlers(d.handlers)
-        cursor = conn.execute(
-            """INSERT INTO deliveries (id, webhook, event, idempotency_key, body, headers, query,
-                received_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (webhook, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING""",
-            (
-                d.id,
-                d.webhook,
-                d.event,
-                d.idempotency_key,
-                d.body,
-                json.dumps(d.headers),
-                d.query,
-                d.received_at,
-                "pending" if handlers else "done",
-            ),
+        results = ["stored"] * len(batch)
+        keyed = [(i, d) for i, d in enumerate(batch) if d.idempotency_key is not None]
+        if keyed:
+            taken = _stored_keys(conn, [(d.webhook, d.idempotency_key) for _, d in keyed])
+            for i, d in keyed:
+                key = (d.webhook, d.idempotency_key)
+                if key in taken:
+                    results[i] = "duplicate"
+                taken.add(key)
+        rows: list[tuple[Any, ...]] = []
+        tasks: list[tuple[Any, ...]] = []
+        for d, result in zip(batch, results, strict=True):
+            if result == "stored":
+                handlers = unique_handlers(d.handlers)
+                rows.append((
+                    d.id, d.webhook, d.event, d.idempotency_key, d.body,
+                    orjson.dumps(d.headers).decode(), d.query, d.received_at,
+                    "pending" if handlers else "done",
+                ))  # fmt: skip
+                tasks.extend((d.id, handler, "pending", now) for handler in handlers)
+        insert_rows(
+            conn,
+            "INSERT INTO deliveries (id, webhook, event, idempotency_key, body, headers, query,"
+            " received_at, status)",
+            rows,
         )
-        if cursor.rowcount == 0:
-            return "duplicate"
-        conn.executemany(
-            "INSERT INTO tasks (delivery_id, handler, status, due_at) VALUES (?, ?, 'pending', ?)",
-            [(d.id, handler, now) for handler in handlers],
-        )
-        return "stored"
+        insert_rows(conn, "INSERT INTO tasks (delivery_id, handler, status, due_at)", tasks)
+        return results
 
     async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]:
         if limit < 1:
@@ -319,39 +341,67 @@ class SQLiteStore(InboxStore):
         return await self._write(op)
 
     async def complete(self, task: ClaimedTask) -> bool:
-        return await self._write(lambda conn: self._finish(conn, task, "done", None, None))
+        return await self._finish(task, "done", None, None)
 
     async def fail(self, task: ClaimedTask, error: str, retry_at: float | None) -> bool:
         status = "dead" if retry_at is None else "pending"
-        ok = await self._write(lambda conn: self._finish(conn, task, status, error, retry_at))
+        ok = await self._finish(task, status, error, retry_at)
         if ok and retry_at is not None:
             self._wakeup.notify()
         return ok
 
-    def _finish(
+    async def _finish(
+        self, task: ClaimedTask, status: str, error: str | None, retry_at: float | None
+    ) -> bool:
+        if self._writer is None:
+            raise RuntimeError("the inbox store is not open; call open() first")
+        ok: bool = await self._writer.submit_grouped(
+            self._finish_many, (task, status, error, retry_at)
+        )
+        return ok
+
+    def _finish_many(
         self,
         conn: sqlite3.Connection,
-        task: ClaimedTask,
-        status: str,
-        error: str | None,
-        retry_at: float | None,
-    ) -> bool:
+        outcomes: list[tuple[ClaimedTask, str, str | None, float | None]],
+    ) -> list[bool]:
+        """Record a group of task outcomes; False for each task whose lease was lost (fenced:
+        it lapsed and someone else holds the task now). The writer holds the write lock,
+        so the leases read here cannot change before the updates."""
         now = self.clock()
-        cursor = conn.execute(
+        held: dict[Any, str] = {}
+        for chunk in chunked([task.task_id for task, *_ in outcomes]):
+            marks = ",".join("?" * len(chunk))
+            held.update(
+                conn.execute(
+                    f"SELECT id, lease_token FROM tasks WHERE status = 'leased' AND id IN ({marks})",
+                    chunk,
+                )
+            )
+        results: list[bool] = []
+        finished: list[tuple[ClaimedTask, str, str | None, float | None]] = []
+        for outcome in outcomes:
+            task = outcome[0]
+            # pop: a second outcome of one task in this group finds it finished by the first
+            held_by_us = task.lease_token is not None and held.get(task.task_id) == task.lease_token
+            if held_by_us:
+                del held[task.task_id]
+                finished.append(outcome)
+            results.append(held_by_us)
+        conn.executemany(
             "UPDATE tasks SET status = ?, lease_token = NULL, lease_until = NULL,"
-            " due_at = coalesce(?, due_at), last_error = coalesce(?, last_error)"
-            " WHERE id = ? AND lease_token = ? AND status = 'leased'",
-            (status, retry_at, error, task.task_id, task.lease_token),
+            " due_at = coalesce(?, due_at), last_error = coalesce(?, last_error) WHERE id = ?",
+            [(status, retry_at, error, task.task_id) for task, status, error, retry_at in finished],
         )
-        if cursor.rowcount != 1:
-            return False  # fenced: the lease lapsed and someone else holds the task now
-        conn.execute(
+        conn.executemany(
             "UPDATE attempts SET finished_at = ?, error = ?"
             " WHERE task_id = ? AND series = ? AND attempt = ?",
-            (now, error, task.task_id, task.series, task.attempt),
+            [(now, error, t.task_id, t.series, t.attempt) for t, _, error, _ in finished],
         )
-        conn.execute(_STATUS_SQL, {"id": task.delivery_id})
-        return True
+        conn.executemany(
+            _STATUS_SQL, [{"id": d} for d in dict.fromkeys(t.delivery_id for t, *_ in finished)]
+        )
+        return results
 
     async def wait(self, timeout: float) -> None:
         await wait_for_work(self, self._wakeup, timeout)
@@ -526,6 +576,24 @@ class SQLiteStore(InboxStore):
             return [(int(m), s, n) for m, s, n in rows]
 
         return await self._read(op)
+
+
+def _stored_keys(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, Any]]:
+    """Which of these (webhook, idempotency key) pairs the inbox holds already."""
+    by_webhook: dict[str, list[str]] = {}
+    for webhook, key in keys:
+        by_webhook.setdefault(webhook, []).append(key)
+    stored: set[tuple[str, Any]] = set()
+    for webhook, webhook_keys in by_webhook.items():
+        for chunk in chunked(webhook_keys):
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                "SELECT idempotency_key FROM deliveries"
+                f" WHERE webhook = ? AND idempotency_key IN ({marks})",
+                [webhook, *chunk],
+            )
+            stored.update((webhook, key) for (key,) in rows)
+    return stored
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
