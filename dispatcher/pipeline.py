@@ -97,7 +97,7 @@ def _id_source() -> Callable[[], str]:
 
     Unique across processes and restarts like a uuid4, sortable within a
     process, and a fraction of uuid4's cost: the returned function is a chain
-    of C calls (``map.__next__`` over a counter, formatting with ``%``).
+    of C calls (``map.__next__`` over a counter, ``hex``, a slice).
     """
     # The counter starts at a random 64-bit prefix (top bit set, so always 32 digits)
     # shifted over 64 zero bits, so one hex() writes prefix and count together; the

@@ -233,6 +233,12 @@ async def test_a_handler_may_set_the_response_first_in_order_wins() -> None:
 
     response = await post(hooks, json={"event": "paid", "challenge": "abc"})
     assert response.json() == {"challenge": "abc"}
+    result = await hooks.dispatch("payments", {"event": "paid", "challenge": "abc"})
+    assert [type(outcome.response) for outcome in result.outcomes] == [
+        JSONResponse,
+        PlainTextResponse,
+    ]
+    assert result.response is result.outcomes[0].response
 
 
 async def test_a_failed_handler_makes_it_500_even_if_another_set_a_response() -> None:
