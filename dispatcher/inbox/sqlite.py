@@ -42,7 +42,13 @@ from dispatcher.inbox.base import (
     unique_handlers,
     wait_for_work,
 )
-from dispatcher.inbox.sqlite_writer import STATEMENT_CACHE, Writer, chunked, insert_rows
+from dispatcher.inbox.sqlite_writer import (
+    STATEMENT_CACHE,
+    Flush,
+    Writer,
+    chunked,
+    insert_rows,
+)
 
 T = TypeVar("T")
 
@@ -204,9 +210,16 @@ class SQLiteStore(InboxStore):
             self._read_conn = None
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._open_writer().submit(op)
+
+    async def _write_grouped(self, flush: Flush, item: Any) -> Any:
+        """Write ``item`` with the rest of its group (see sqlite_writer.py)."""
+        return await self._open_writer().submit_grouped(flush, item)
+
+    def _open_writer(self) -> Writer:
         if self._writer is None:
             raise RuntimeError("the inbox store is not open; call open() first")
-        return await self._writer.submit(op)
+        return self._writer
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -236,9 +249,7 @@ class SQLiteStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
-        if self._writer is None:
-            raise RuntimeError("the inbox store is not open; call open() first")
-        result: str = await self._writer.submit_grouped(self._add_many, delivery)
+        result: str = await self._write_grouped(self._add_many, delivery)
         if result == "stored":
             self._wakeup.notify()
         return result
@@ -353,11 +364,7 @@ class SQLiteStore(InboxStore):
     async def _finish(
         self, task: ClaimedTask, status: str, error: str | None, retry_at: float | None
     ) -> bool:
-        if self._writer is None:
-            raise RuntimeError("the inbox store is not open; call open() first")
-        ok: bool = await self._writer.submit_grouped(
-            self._finish_many, (task, status, error, retry_at)
-        )
+        ok: bool = await self._write_grouped(self._finish_many, (task, status, error, retry_at))
         return ok
 
     def _finish_many(

@@ -148,19 +148,12 @@ class Writer:
             if exc.sqlite_errorcode in _LOCKED:  # another process is writing: wait on the thread
                 self._thread.submit(self._write_when_unlocked, batch, loop)
                 return
-            self._done([(loop, future, False, exc) for _, _, loop, future in batch])
+            self._done(_failed(batch, exc))
             return
         except BaseException as exc:
-            self._done([(loop, future, False, exc) for _, _, loop, future in batch])
+            self._done(_failed(batch, exc))
             raise
-        try:
-            answers = _run_batch(conn, batch)
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._done([(loop, future, False, exc) for _, _, loop, future in batch])
-            raise
-        self._thread.submit(self._commit, batch, answers, loop)
+        self._run(conn, batch, loop)
 
     def _write_when_unlocked(self, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
         """On the thread: BEGIN once the other process's lock is gone, then the batch."""
@@ -174,18 +167,25 @@ class Writer:
                 break
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode not in _LOCKED or time.monotonic() > deadline:
-                    self._hand_back(loop, [(lp, f, False, exc) for _, _, lp, f in batch])
+                    self._hand_back(loop, _failed(batch, exc))
                     return
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
+        self._run(conn, batch, loop)
+
+    def _run(
+        self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """The batch's statements in the open transaction, then its commit on the thread.
+        If they raise, the transaction is rolled back and every caller gets the error."""
         try:
             answers = _run_batch(conn, batch)
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._hand_back(loop, [(lp, f, False, exc) for _, _, lp, f in batch])
-            return
-        self._commit(batch, answers, loop)
+            self._hand_back(loop, _failed(batch, exc))
+            raise
+        self._thread.submit(self._commit, batch, answers, loop)
 
     def _commit(
         self, batch: list[_Op], answers: list[_Answer], loop: asyncio.AbstractEventLoop
@@ -199,7 +199,7 @@ class Writer:
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            answers = [(lp, f, False, exc) for _, _, lp, f in batch]
+            answers = _failed(batch, exc)
         else:
             self.commits += 1
         self._hand_back(loop, answers)
@@ -232,6 +232,11 @@ class Writer:
 
 
 _LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _failed(batch: list[_Op], error: BaseException) -> list[_Answer]:
+    """Every caller of ``batch`` gets ``error``."""
+    return [(loop, future, False, error) for _, _, loop, future in batch]
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Answer]:
