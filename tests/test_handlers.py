@@ -261,3 +261,22 @@ async def test_dispatch_result_of_an_unknown_webhook_and_a_bad_body() -> None:
     assert "did you mean 'payments'" in (result.detail or "")
     result = await hooks.dispatch("payments", b"{oops")
     assert (result.http_status, result.error) == (400, "invalid_json")
+
+
+async def test_a_lone_async_handler_failing_reaches_on_error_and_metrics() -> None:
+    # One async handler runs on the pipeline's shortest path: it must fail like any other.
+    hooks = catalog()
+    errors: list[tuple[str, str]] = []
+
+    @hooks.on("payments:paid")
+    async def broken(event: Event) -> None:
+        raise RuntimeError("boom")
+
+    hooks.on_error(lambda event, error: errors.append((event.id, str(error))))
+    result = await hooks.dispatch("payments", {"event": "paid"})
+    assert (result.status, result.http_status) == ("failed", 500)
+    assert errors == [(result.id, "boom")]
+    (outcome,) = result.outcomes
+    assert not outcome.ok and isinstance(outcome.error, RuntimeError)
+    assert outcome.handler.endswith("broken") and outcome.duration >= 0
+    assert hooks.metrics.failures == {"payments:paid": 1}
