@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import QueryParams
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dispatcher")
 
 PRUNE_EVERY = 3600.0  # seconds between retention sweeps of done deliveries
+#: Events of deliveries this process stored, kept for its own workers' first runs.
+FRESH_EVENTS = 4096
 
 
 class QueuedMode:
@@ -51,6 +53,11 @@ class QueuedMode:
                 "inbox", "must be a URL such as sqlite:///inbox.db, or a dispatcher.inbox store"
             )
         self.worker: Worker | None = None
+        # delivery id -> [the Event the pipeline built, its tasks not yet started here].
+        # A first run in this process takes the Event from here instead of parsing the
+        # stored body again; other processes' deliveries, retries and replays are rebuilt
+        # from the store. Oldest first, so the bound drops those least likely to come.
+        self._fresh: dict[str, list[Any]] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._opened = False
 
@@ -88,6 +95,7 @@ class QueuedMode:
         if self.worker is not None:
             await self.worker.stop(timeout)
             self.worker = None
+        self._fresh.clear()
         if self._opened:
             await self.store.close()
             self._opened = False
@@ -136,8 +144,14 @@ class QueuedMode:
                 "the delivery could not be stored; nothing was accepted, retry later",
                 webhook=event.webhook,
             )  # fmt: skip
-        status, code = ("duplicate", 200) if outcome == "duplicate" else ("queued", 202)
-        return DispatchResult(status, code, event.id, event.webhook, event.tag)
+        if outcome == "duplicate":
+            return DispatchResult("duplicate", 200, event.id, event.webhook, event.tag)
+        if self.worker is not None and delivery.handlers:
+            fresh = self._fresh
+            fresh[event.id] = [event, len(set(delivery.handlers))]
+            if len(fresh) > FRESH_EVENTS:
+                del fresh[next(iter(fresh))]
+        return DispatchResult("queued", 202, event.id, event.webhook, event.tag)
 
     # --- the workers' side -----------------------------------------------------------------------
 
@@ -157,14 +171,27 @@ class QueuedMode:
         return self.hooks.retry
 
     def event_of(self, task: ClaimedTask) -> Event:
-        """The Event a handler sees, rebuilt from the stored delivery."""
+        """The Event a handler sees: for a first run of a delivery this process stored,
+        the pipeline's own; otherwise rebuilt from the stored delivery."""
+        if task.attempt == 1 and task.series == 0:
+            fresh = self._fresh.get(task.delivery_id)
+            if fresh is not None:
+                fresh[1] -= 1
+                if fresh[1] <= 0:
+                    del self._fresh[task.delivery_id]
+                event: Event = fresh[0]
+                return event
+        return self.rebuilt_event(task)
+
+    def rebuilt_event(self, task: ClaimedTask) -> Event:
+        """The Event of a task, from the stored delivery."""
         headers = Headers(task.headers)
-        event = self.hooks.catalog.events.get(task.event) if task.event else None
+        known = self.hooks.catalog.events.get(task.event) if task.event else None
         return Event(
             id=task.delivery_id,
             webhook=task.webhook,
             tag=task.event,
-            name=event.name if event is not None else None,
+            name=known.name if known is not None else None,
             payload=parse_body(body_kind(headers.get("content-type")), task.body),
             headers=headers,
             query=QueryParams(task.query),
@@ -185,20 +212,12 @@ class QueuedMode:
         finally:
             took = time.perf_counter() - start
             self.hooks.metrics.handler_ran(task.event, took, failed)
-            logger.info(
-                "%s %s %s attempt %d %.1fms %s %s",
-                task.webhook, task.event or "-", "failed" if failed else "done", task.attempt,
-                took * 1000, task.delivery_id, handler.name,
-                extra={
-                    "delivery_id": task.delivery_id, "webhook": task.webhook, "event": task.event,
-                    "status": "failed" if failed else "done", "duration_ms": round(took * 1000, 3),
-                    "attempt": task.attempt,
-                },
-            )  # fmt: skip
+            if logger.isEnabledFor(logging.INFO):
+                log_task(task, handler, failed, took)
 
     async def on_dead(self, task: ClaimedTask, error: BaseException) -> None:
         try:
-            event = self.event_of(task)
+            event = self.rebuilt_event(task)
         except Exception:  # the body no longer parses: report with what we have
             event = Event(
                 task.delivery_id, task.webhook, task.event, None, None, Headers(task.headers),
@@ -210,3 +229,17 @@ class QueuedMode:
             task.webhook, task.event or "-", task.handler, task.attempt, error,
         )  # fmt: skip
         await self.hooks.pipeline.report_error(event, error)
+
+
+def log_task(task: ClaimedTask, handler: Handler, failed: bool, took: float) -> None:
+    """One line per task run: webhook, event, outcome, attempt, duration, delivery, handler."""
+    outcome = "failed" if failed else "done"
+    logger.info(
+        "%s %s %s attempt %d %.1fms %s %s",
+        task.webhook, task.event or "-", outcome, task.attempt, took * 1000, task.delivery_id,
+        handler.name,
+        extra={
+            "delivery_id": task.delivery_id, "webhook": task.webhook, "event": task.event,
+            "status": outcome, "duration_ms": round(took * 1000, 3), "attempt": task.attempt,
+        },
+    )  # fmt: skip

@@ -197,3 +197,63 @@ def test_bad_inbox_options_say_what_to_fix() -> None:
         Dispatcher(inbox="memory://", lease=0)
     with pytest.raises(Exception, match="retry"):
         Dispatcher(retry=3)  # type: ignore[arg-type]
+
+
+async def test_first_runs_reuse_the_stored_event_and_retries_read_the_store(
+    inbox_url: str,
+) -> None:
+    # This process's workers take a delivery's first run from the Event the pipeline
+    # built (no second parse); a retry is rebuilt from the store, so what the first run
+    # did to its payload does not carry over.
+    hooks = make(inbox_url)
+    seen: list[tuple[int, dict[str, Any], str, str | None, str]] = []
+    rebuilt: list[int] = []
+
+    @hooks.on("w:a")
+    async def mutating(event: Event) -> None:
+        seen.append(
+            (event.attempt, dict(event.payload), event.headers["x-trace"], event.name,
+             str(event.query))
+        )  # fmt: skip
+        event.payload["touched"] = True
+        if event.attempt == 1:
+            raise RuntimeError("first run fails")
+
+    @hooks.on("w:*")
+    async def second(event: Event) -> None:
+        assert event.attempt == 1
+
+    async with testing.client(hooks) as client:
+        queued = hooks.inbox
+        assert queued is not None
+        rebuild = queued.rebuilt_event
+        queued.rebuilt_event = lambda task: rebuilt.append(task.attempt) or rebuild(task)  # type: ignore[method-assign]
+        response = await client.post(
+            "/w", json={"type": "a", "id": "f1"}, params={"q": "1"}, headers={"X-Trace": "t1"}
+        )
+        assert response.status_code == 202
+        await client.drain()
+        assert queued._fresh == {}  # both first runs took the pipeline's event
+    assert rebuilt == [2]  # only the retry read the store
+    original = {"type": "a", "id": "f1"}
+    assert seen == [(1, original, "t1", "a", "q=1"), (2, original, "t1", "a", "q=1")]
+
+
+async def test_events_kept_for_first_runs_are_bounded(tmp_path: Path, monkeypatch: Any) -> None:
+    # Deliveries whose tasks another process runs must not pile up here.
+    from dispatcher import queued
+
+    monkeypatch.setattr(queued, "FRESH_EVENTS", 3)
+    hooks = make(f"sqlite:///{tmp_path}/inbox.db", concurrency=1)
+    ran: list[str] = []
+    hooks.on("w:a", lambda e: ran.append(e.payload["id"]))
+    async with testing.client(hooks) as client:
+        inbox = hooks.inbox
+        assert inbox is not None and inbox.worker is not None
+        await inbox.worker.stop()  # as if workers elsewhere took every task
+        for n in range(6):
+            assert (await client.post("/w", json={"type": "a", "id": f"b{n}"})).status_code == 202
+        assert len(inbox._fresh) == 3
+        await inbox.worker.start()  # the evicted ones are rebuilt from the store
+        await client.drain()
+    assert sorted(ran) == [f"b{n}" for n in range(6)]
