@@ -135,8 +135,19 @@ class QueuedMode:
             received_at=event.received_timestamp,
             handlers=tuple(handler.key for handler in handlers),
         )
+        # This process's workers take the tasks they have room for in the transaction that
+        # stores them, and start them as soon as it committed (InboxStore.add_and_claim).
+        worker = self.worker
+        reserved = worker.reserve(len(handlers)) if worker is not None and handlers else 0
+        claimed: list[ClaimedTask] = []
         try:
-            outcome = await self.store.add(delivery)
+            if reserved:
+                assert worker is not None
+                outcome, claimed = await self.store.add_and_claim(
+                    delivery, worker.name, worker.lease, reserved
+                )
+            else:
+                outcome = await self.store.add(delivery)
         except Exception as error:
             logger.error("inbox: could not store delivery %s: %r", event.id, error)
             return rejected(
@@ -144,13 +155,18 @@ class QueuedMode:
                 "the delivery could not be stored; nothing was accepted, retry later",
                 webhook=event.webhook,
             )  # fmt: skip
+        finally:
+            if worker is not None and not claimed:
+                worker.adopt((), reserved)  # frees what was reserved (a no-op for none)
         if outcome == "duplicate":
             return DispatchResult("duplicate", 200, event.id, event.webhook, event.tag)
-        if self.worker is not None and delivery.handlers:
+        if worker is not None and delivery.handlers:
             fresh = self._fresh
             fresh[event.id] = [event, len(set(delivery.handlers))]
             if len(fresh) > FRESH_EVENTS:
                 del fresh[next(iter(fresh))]
+            if claimed:
+                worker.adopt(claimed, reserved)
         return DispatchResult("queued", 202, event.id, event.webhook, event.tag)
 
     # --- the workers' side -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import random
 import secrets
 import socket
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from dispatcher.errors import ValidationError
 from dispatcher.inbox.base import ClaimedTask, InboxStore
@@ -76,6 +76,11 @@ class Worker:
         # waiting for them.
         self._inflight: dict[asyncio.Task[None], ClaimedTask] = {}
         self._running = 0
+        # Slots held for tasks this process is storing (reserve, then adopt), and whether
+        # the last claim came back full: a backlog, which then goes first (see reserve).
+        self._reserved = 0
+        self._backlog = False
+        self._stopped = True  # not started, or stop() has returned
         self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -94,7 +99,7 @@ class Worker:
         """Start claiming and running tasks in the background on the running loop."""
         if self.running:
             raise RuntimeError(f"worker {self.name} is already running")
-        self._stopping = False
+        self._stopping = self._stopped = self._backlog = False
         self._stop_event = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._loop_task = asyncio.create_task(self._loop(), name=f"dispatcher-worker {self.name}")
@@ -116,22 +121,62 @@ class Worker:
             if not loop_task.done():
                 loop_task.cancel()
                 await asyncio.gather(loop_task, return_exceptions=True)
-        running = list(self._inflight)
-        if running:
-            left = max(0.0, deadline - asyncio.get_running_loop().time())
-            _, late = await asyncio.wait(running, timeout=left)
-            for task in late:
-                log.warning(
-                    "worker %s: cancelling %s after %ss; its lease will lapse and it will rerun",
-                    self.name,
-                    _label(self._inflight[task]),
-                    timeout,
-                )
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        # Running handlers finish; so do fresh tasks still being stored for slots reserved
+        # before the stop (adopt hands them over).
+        while self._inflight or self._reserved:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            if self._inflight:
+                await asyncio.wait(list(self._inflight), timeout=left)
+            else:
+                await asyncio.sleep(min(left, 0.005))
+        late = list(self._inflight)
+        for task in late:
+            log.warning(
+                "worker %s: cancelling %s after %ss; its lease will lapse and it will rerun",
+                self.name,
+                _label(self._inflight[task]),
+                timeout,
+            )
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        self._stopped = True
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    def reserve(self, wanted: int) -> int:
+        """Hold up to ``wanted`` free slots for the tasks of a delivery being stored now:
+        how many were held. Pass them to ``adopt`` once the store answered.
+
+        None while stopping, and none while the inbox has a backlog (the last claim
+        filled every free slot): older work goes first, and the fresh tasks wait their
+        turn in the inbox like any other.
+        """
+        if self._stopping or self._stopped or self._backlog:
+            return 0
+        held = max(0, min(wanted, self._free_slots()))
+        self._reserved += held
+        return held
+
+    def adopt(self, tasks: Sequence[ClaimedTask], reserved: int) -> None:
+        """Run ``tasks``, claimed for this worker by ``InboxStore.add_and_claim``, in the
+        ``reserved`` slots held for them; slots left over are freed."""
+        self._reserved -= reserved
+        if self._stopped:
+            if tasks:  # too late to run here: their leases lapse, then any worker runs them
+                log.warning(
+                    "worker %s had stopped when %d fresh task(s) came; they run again "
+                    "once their lease lapsed",
+                    self.name,
+                    len(tasks),
+                )
+            return
+        for task in tasks:
+            self._spawn(task)
+        if len(tasks) < reserved:
+            self._slot_freed.set()
 
     async def run_once(self) -> int:
         """Claim one batch (up to the free slots), run it to the end; how many ran."""
@@ -157,6 +202,7 @@ class Worker:
             try:
                 tasks = await self.store.claim(self.name, free, self.lease)
                 failures = 0
+                self._backlog = len(tasks) == free
                 for task in tasks:
                     self._spawn(task)
                 # Fewer than asked for: the inbox is drained for now. Anything added since
@@ -188,7 +234,8 @@ class Worker:
 
     def _free_slots(self) -> int:
         # Outcomes still being recorded are capped too, so a slow store applies back-pressure.
-        return min(self.concurrency - self._running, 2 * self.concurrency - len(self._inflight))
+        free = min(self.concurrency - self._running, 2 * self.concurrency - len(self._inflight))
+        return free - self._reserved
 
     def _spawn(self, task: ClaimedTask) -> asyncio.Task[None]:
         state = _Run()

@@ -224,6 +224,79 @@ async def test_no_task_is_handed_to_two_concurrent_claimers(store, clock) -> Non
     assert len(set(ids)) == 60
 
 
+async def test_add_and_claim_leases_up_to_the_limit_of_the_new_tasks(store, clock) -> None:
+    delivery = make_delivery(clock, "d1", handlers=("a", "b", "c"))
+    outcome, claimed = await store.add_and_claim(delivery, "w1", 30, 2)
+    assert outcome == "stored"
+    assert [(t.handler, t.attempt, t.series) for t in claimed] == [("a", 1, 0), ("b", 1, 0)]
+    first = claimed[0]
+    assert (first.delivery_id, first.webhook, first.event) == ("d1", "hook", "ev")
+    assert (first.body, first.headers, first.query) == (
+        delivery.body, delivery.headers, delivery.query,
+    )  # fmt: skip
+    assert first.received_at == delivery.received_at
+    assert claimed[0].lease_token != claimed[1].lease_token
+    got = await store.get("d1")
+    assert [(t["handler"], t["status"], t["attempt"]) for t in got["tasks"]] == [
+        ("a", "leased", 1), ("b", "leased", 1), ("c", "pending", 0),
+    ]  # fmt: skip
+    assert [(a["handler"], a["attempt"], a["worker"]) for a in got["attempts"]] == [
+        ("a", 1, "w1"), ("b", 1, "w1"),
+    ]  # fmt: skip
+    # The one left over is any worker's; the claimed ones are not handed out again.
+    (rest,) = await store.claim("w2", 10, 30)
+    assert rest.handler == "c"
+    assert [await store.complete(task) for task in [*claimed, rest]] == [True] * 3
+    assert (await store.get("d1"))["status"] == "done"
+
+
+async def test_a_task_claimed_as_stored_is_reclaimed_when_its_lease_lapses(store, clock) -> None:
+    # The receiving process died after the commit: the task runs again, like any claim.
+    _, (task,) = await store.add_and_claim(make_delivery(clock, "d1"), "w1", 30, 1)
+    assert await store.claim("w2", 1, 30) == []
+    clock.advance(31)
+    (again,) = await store.claim("w2", 1, 30)
+    assert (again.task_id, again.attempt) == (task.task_id, 2)
+    assert not await store.complete(task)  # fenced
+    assert await store.complete(again)
+    attempts = (await store.get("d1"))["attempts"]
+    assert [(a["attempt"], a["worker"], a["error"]) for a in attempts] == [
+        (1, "w1", LAPSED_ERROR),
+        (2, "w2", None),
+    ]
+
+
+async def test_add_and_claim_of_a_duplicate_claims_nothing(store, clock) -> None:
+    assert (await store.add_and_claim(make_delivery(clock, key="k"), "w", 30, 1))[0] == "stored"
+    again = await store.add_and_claim(make_delivery(clock, key="k"), "w", 30, 1)
+    assert again == ("duplicate", [])
+    assert (await store.stats())["tasks"]["leased"] == 1
+
+
+async def test_concurrent_add_and_claims_each_get_their_own_tasks(store, clock) -> None:
+    added = await asyncio.gather(*(
+        store.add_and_claim(make_delivery(clock, f"d{i}", handlers=("a", "b")), "w", 30, 1)
+        for i in range(20)
+    ))  # fmt: skip
+    claimed = [task for _, tasks in added for task in tasks]
+    assert [t.delivery_id for t in claimed] == [f"d{i}" for i in range(20)]
+    assert len({t.task_id for t in claimed}) == 20
+    assert [t.handler for t in await store.claim("w2", 50, 30)] == ["b"] * 20
+    assert all(await asyncio.gather(*(store.complete(t) for t in claimed)))
+
+
+async def test_wait_is_not_woken_by_a_delivery_whose_tasks_were_all_claimed(store, clock) -> None:
+    await store.wait(0)  # use up the wake-up PostgreSQL's store gives when it starts to LISTEN
+    await store.add_and_claim(make_delivery(clock, "d1"), "w", 30, 1)
+    started = time.monotonic()
+    await store.wait(0.2)
+    assert time.monotonic() - started >= 0.15
+    await store.add_and_claim(make_delivery(clock, "d2", handlers=("a", "b")), "w", 30, 1)
+    started = time.monotonic()
+    await store.wait(5)  # "b" is left for the workers
+    assert time.monotonic() - started < 2
+
+
 # -- outcomes -------------------------------------------------------------------------------
 
 
@@ -769,7 +842,7 @@ async def test_postgres_hot_statements_use_indexes_even_when_planned_on_small_ta
     await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(30)))
     statements = {
         "a": (ADD_BATCH, "'{x}','{w}','{e}','{k}','{}','{[]}','{q}','{1}','{pending}',"
-                         "'{x}','{h}','{1}','c'"),
+                         "'{x}','{h}','{1}','{t}','{w}','{31}','c'"),
         "c": (CLAIM, "1.0, 4, 30.0, 'w', 'e'"),
         "f": (FINISH_BATCH, "'{1}','{t}','{done}','{NULL}','{NULL}','{0}','{1}','{1}','{d0}','c'"),
     }  # fmt: skip

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from dispatcher import Dispatcher, Event, Retry, testing
@@ -164,6 +165,9 @@ class BrokenStore(MemoryStore):
     async def add(self, delivery: Any) -> str:
         raise OSError("disk full")
 
+    async def add_and_claim(self, delivery: Any, *args: Any) -> Any:
+        raise OSError("disk full")
+
 
 async def test_a_store_that_cannot_write_gets_503_and_nothing_runs() -> None:
     hooks = make(BrokenStore())
@@ -257,3 +261,58 @@ async def test_events_kept_for_first_runs_are_bounded(tmp_path: Path, monkeypatc
         await inbox.worker.start()  # the evicted ones are rebuilt from the store
         await client.drain()
     assert sorted(ran) == [f"b{n}" for n in range(6)]
+
+
+async def test_tasks_are_claimed_as_stored_when_the_workers_have_room(inbox_url: str) -> None:
+    # No claim round trip for a fresh delivery: the receiver's own workers take the tasks
+    # they have room for in the transaction that stores it, and start them once it
+    # committed. One slot here, so of a delivery's two tasks one is claimed as stored
+    # (the first, w:a's) and the other waits for the worker's own claim.
+    hooks = make(inbox_url, concurrency=1)
+    ran: list[tuple[str, str, int]] = []
+    hooks.on("w:a", lambda e: ran.append(("a", e.payload["id"], e.attempt)))
+    hooks.on("w:*", lambda e: ran.append(("*", e.payload["id"], e.attempt)))
+    async with testing.client(hooks) as client:
+        queued = hooks.inbox
+        assert queued is not None and queued.worker is not None
+        claimed: list[str] = []
+        store = queued.store
+        claim = store.claim
+
+        async def recording_claim(*args: Any) -> Any:
+            tasks = await claim(*args)
+            claimed.extend(task.handler for task in tasks)
+            return tasks
+
+        store.claim = recording_claim  # type: ignore[method-assign]
+        ids = []
+        for n in range(3):
+            response = await client.post("/w", json={"type": "a", "id": f"c{n}"})
+            assert response.status_code == 202
+            ids.append(response.json()["id"])
+            await client.drain()
+        for delivery_id in ids:
+            stored = await store.get(delivery_id)
+            assert stored["status"] == "done"
+            assert [a["worker"] for a in stored["attempts"]] == [queued.worker.name] * 2
+    assert sorted(ran) == sorted((kind, f"c{n}", 1) for n in range(3) for kind in "a*")
+    star = hooks.router.resolve("w", "w:a")[1].key
+    assert claimed == [star] * 3
+
+
+async def test_a_delivery_posted_as_the_workers_stop_still_runs(inbox_url: str) -> None:
+    hooks = make(inbox_url)
+    ran: list[str] = []
+    hooks.on("w:a", lambda e: ran.append(e.payload["id"]))
+    async with testing.client(hooks) as client:
+        queued = hooks.inbox
+        assert queued is not None and queued.worker is not None
+        worker = queued.worker
+        posting = asyncio.ensure_future(client.post("/w", json={"type": "a", "id": "s1"}))
+        with anyio.fail_after(5):
+            while not worker._reserved:  # its slot is held while the delivery is stored
+                await asyncio.sleep(0)
+        await worker.stop(timeout=5)  # waits for it to be stored and run
+        assert (await posting).status_code == 202
+        assert ran == ["s1"]
+        await worker.start()

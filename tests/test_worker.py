@@ -385,3 +385,64 @@ def test_describe_keeps_the_message_and_the_last_traceback_lines() -> None:
 def test_bad_worker_settings_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         Worker(MemoryStore(), Flaky(0), retry_for=lambda t: FAST, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_reserve_holds_free_slots_and_adopt_runs_the_tasks_claimed_as_stored(
+    store: InboxStore,
+) -> None:
+    ran: list[str] = []
+
+    async def handler(task: ClaimedTask) -> None:
+        ran.append(task.delivery_id)
+
+    worker = Worker(store, handler, retry_for=lambda t: FAST, concurrency=2, poll_interval=0.05)
+    assert worker.reserve(1) == 0  # not started
+    await worker.start()
+    assert worker.reserve(3) == 2  # as many as are free
+    assert worker.reserve(1) == 0
+    _, claimed = await store.add_and_claim(delivery(id="d1"), worker.name, worker.lease, 1)
+    worker.adopt(claimed, 2)  # runs d1 and frees the slot it did not need
+    await drain(store)
+    assert ran == ["d1"]
+    assert worker.reserve(2) == 2
+    worker.adopt([], 2)
+    await worker.stop()
+    assert worker.reserve(1) == 0  # stopped
+
+
+async def test_reserve_gives_way_while_a_backlog_is_claimed(anyio_backend: str) -> None:
+    # Older work goes first: while the last claim came back full, fresh deliveries get no
+    # slot of their own and wait in the inbox like the rest.
+    store = MemoryStore()
+    second_claim = asyncio.Event()
+    proceed = asyncio.Event()
+    claim = store.claim
+    claims = 0
+
+    async def gated_claim(*args: Any) -> list[ClaimedTask]:
+        nonlocal claims
+        claims += 1
+        if claims == 2:
+            second_claim.set()
+            await proceed.wait()
+        return await claim(*args)
+
+    store.claim = gated_claim  # type: ignore[method-assign]
+    for n in range(3):
+        await store.add(delivery(id=f"d{n}"))
+
+    async def noop(task: ClaimedTask) -> None:
+        return None
+
+    worker = Worker(store, noop, retry_for=lambda t: FAST, concurrency=2, poll_interval=0.05)
+    await worker.start()
+    with anyio.fail_after(5):
+        await second_claim.wait()  # the first claim filled both slots
+        while worker.in_flight:
+            await asyncio.sleep(0.001)
+    assert worker.reserve(1) == 0  # two slots are free, but the backlog comes first
+    proceed.set()
+    await drain(store)  # the second claim found one task for two slots: caught up
+    assert worker.reserve(1) == 1
+    worker.adopt([], 1)
+    await worker.stop()

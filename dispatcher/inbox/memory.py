@@ -88,24 +88,40 @@ class MemoryStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
+        outcome, _ = self._add(delivery, None, 0.0, 0)
+        return outcome
+
+    async def add_and_claim(
+        self, delivery: NewDelivery, worker: str, lease: float, limit: int
+    ) -> tuple[str, list[ClaimedTask]]:
+        return self._add(delivery, worker, lease, limit)
+
+    def _add(
+        self, delivery: NewDelivery, worker: str | None, lease: float, limit: int
+    ) -> tuple[str, list[ClaimedTask]]:
         now = self.clock()
+        claimed: list[ClaimedTask] = []
         with self._lock:
             key = (delivery.webhook, delivery.idempotency_key)
             if delivery.idempotency_key is not None and key in self._keys:
-                return "duplicate"
+                return "duplicate", claimed
             if delivery.id in self._deliveries:
                 raise ValueError(f"delivery id {delivery.id!r} is already stored")
             handlers = unique_handlers(delivery.handlers)
             record = _Delivery(delivery, "pending" if handlers else "done")
             for handler in handlers:
                 task = _Task(next(self._ids), delivery.id, handler, due_at=now)
+                if worker is not None and len(claimed) < limit:
+                    self._lease(record, task, worker, lease, now)
+                    claimed.append(_claimed(delivery, task))
                 record.tasks.append(task)
                 self._tasks[task.id] = task
             self._deliveries[delivery.id] = record
             if delivery.idempotency_key is not None:
                 self._keys[key] = delivery.id  # type: ignore[index]
-        self._wakeup.notify()
-        return "stored"
+        if len(claimed) < len(handlers):  # some task waits for a worker's claim
+            self._wakeup.notify()
+        return "stored", claimed
 
     async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]:
         now = self.clock()
@@ -122,16 +138,21 @@ class MemoryStore(InboxStore):
                 record = self._deliveries[task.delivery_id]
                 if task.status == "leased":
                     self._finish_attempt(record, task, LAPSED_ERROR, now)
-                task.status = "leased"
-                task.attempt += 1
-                task.lease_token = secrets.token_hex(16)
-                task.lease_until = now + lease
-                task.worker = worker
-                record.attempts.append(
-                    _Attempt(task.id, task.handler, task.series, task.attempt, worker, now)
-                )
+                self._lease(record, task, worker, lease, now)
                 claimed.append(_claimed(record.data, task))
         return claimed
+
+    @staticmethod
+    def _lease(record: _Delivery, task: _Task, worker: str, lease: float, now: float) -> None:
+        """Start the task's next attempt for ``worker`` (the lock is held)."""
+        task.status = "leased"
+        task.attempt += 1
+        task.lease_token = secrets.token_hex(16)
+        task.lease_until = now + lease
+        task.worker = worker
+        record.attempts.append(
+            _Attempt(task.id, task.handler, task.series, task.attempt, worker, now)
+        )
 
     async def renew(self, task: ClaimedTask, lease: float) -> bool:
         with self._lock:

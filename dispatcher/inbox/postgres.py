@@ -46,7 +46,14 @@ from dispatcher.inbox.postgres_sql import (
     SCHEMA_VERSION,
     SUMMARY,
 )
-from dispatcher.inbox.postgres_writer import Add, AddWriter, GroupCommit, Outcome, OutcomeWriter
+from dispatcher.inbox.postgres_writer import (
+    Add,
+    Added,
+    AddWriter,
+    GroupCommit,
+    Outcome,
+    OutcomeWriter,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -95,7 +102,7 @@ class PostgresStore(InboxStore):
         self._relisten_at = 0.0
         self._wakeup = Wakeup()
         self._batch_size = batch_size
-        self._adds: GroupCommit[Add, str] | None = None
+        self._adds: GroupCommit[Add, Added] | None = None
         self._outcomes: GroupCommit[Outcome, bool] | None = None
 
     def _sql(self, template: str) -> str:
@@ -212,10 +219,18 @@ class PostgresStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
+        outcome, _ = await self.add_and_claim(delivery, "", 0.0, 0)
+        return outcome
+
+    async def add_and_claim(
+        self, delivery: NewDelivery, worker: str, lease: float, limit: int
+    ) -> tuple[str, list[ClaimedTask]]:
         if self._adds is None:
             raise RuntimeError("the inbox store is not open; call open() first")
-        add = Add(delivery, unique_handlers(delivery.handlers), self.clock())
-        return await self._adds.submit(add)
+        handlers = unique_handlers(delivery.handlers)
+        add = Add(delivery, handlers, self.clock(), worker, lease, limit)
+        outcome, claimed, _ = await self._adds.submit(add)
+        return outcome, claimed
 
     async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]:
         if limit < 1:

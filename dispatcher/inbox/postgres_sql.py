@@ -67,8 +67,10 @@ MIGRATIONS: list[list[str]] = [
 # keys then wait on each other in the same order and cannot deadlock. A repeated key,
 # within the batch or against a stored row (even one being inserted by another
 # transaction, which the unique index waits for), is skipped; RETURNING names the rows
-# inserted, and only their tasks are inserted. One NOTIFY wakes the workers, and only
-# when there is a task to run.
+# inserted, and only their tasks are inserted. A task given a lease token ($13) is
+# claimed as it is stored (add_and_claim): leased to its worker ($14) until $15, with
+# its first attempt started. One NOTIFY wakes the workers, and only when a task was left
+# pending for them.
 ADD_BATCH = """
 WITH rows AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
@@ -82,16 +84,30 @@ WITH rows AS (
     ON CONFLICT (webhook, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), tasks AS (
-    INSERT INTO {s}.tasks (delivery_id, handler, status, due_at)
-    SELECT t.delivery_id, t.handler, 'pending', t.due_at
-    FROM unnest($10::text[], $11::text[], $12::float8[]) WITH ORDINALITY
-        AS t(delivery_id, handler, due_at, n)
+    INSERT INTO {s}.tasks (delivery_id, handler, status, due_at, attempt, lease_token,
+        lease_until, worker)
+    SELECT t.delivery_id, t.handler,
+        CASE WHEN t.lease_token IS NULL THEN 'pending' ELSE 'leased' END, t.due_at,
+        CASE WHEN t.lease_token IS NULL THEN 0 ELSE 1 END, t.lease_token, t.lease_until,
+        t.worker
+    FROM unnest($10::text[], $11::text[], $12::float8[], $13::text[], $14::text[],
+        $15::float8[]) WITH ORDINALITY
+        AS t(delivery_id, handler, due_at, lease_token, worker, lease_until, n)
     WHERE t.delivery_id IN (SELECT id FROM inserted)
     ORDER BY t.n
-    RETURNING 1
+    RETURNING id, delivery_id, handler, status, due_at, lease_token, worker
+), started AS (
+    INSERT INTO {s}.attempts (task_id, delivery_id, handler, series, attempt, worker,
+        started_at)
+    SELECT id, delivery_id, handler, 0, 1, worker, due_at FROM tasks
+    WHERE lease_token IS NOT NULL ORDER BY id
 )
 SELECT array(SELECT id FROM inserted) AS stored,
-    (SELECT count(*) FROM (SELECT pg_notify($13, '') FROM tasks LIMIT 1) AS n) AS notified
+    array(SELECT id FROM tasks WHERE lease_token IS NOT NULL ORDER BY id) AS claimed_ids,
+    array(SELECT lease_token FROM tasks WHERE lease_token IS NOT NULL ORDER BY id)
+        AS claimed_tokens,
+    (SELECT count(*) FROM (SELECT pg_notify($16, '') FROM tasks WHERE status = 'pending'
+        LIMIT 1) AS n) AS notified
 """
 
 # The outcomes of a batch of tasks (at most one per task), in one statement: one round

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from dispatcher.inbox.base import ClaimedTask, NewDelivery
+from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task
 
 if TYPE_CHECKING:
     import asyncpg
@@ -166,6 +167,14 @@ class Add:
     delivery: NewDelivery
     handlers: tuple[str, ...]  # unique, in order
     now: float  # the store clock when add() was called: the tasks fall due then
+    worker: str = ""  # add_and_claim: the worker its first ``limit`` tasks are leased to
+    lease: float = 0.0
+    limit: int = 0
+
+
+#: What an add gets back: its outcome, the tasks claimed for its worker, and whether a
+#: task was left pending for the workers.
+Added = tuple[str, list[ClaimedTask], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +187,8 @@ class Outcome:
 
 
 class AddWriter:
-    """Store a batch of deliveries in one transaction: "stored" or "duplicate" for each."""
+    """Store a batch of deliveries in one transaction: "stored" or "duplicate" for each,
+    with the tasks claimed for it (``Added``)."""
 
     def __init__(self, pool: asyncpg.Pool, sql: str, channel: str) -> None:
         import asyncpg  # here, not at import: asyncpg is an optional dependency
@@ -193,7 +203,7 @@ class AddWriter:
             asyncpg.exceptions._base.DataError,
         )
 
-    async def __call__(self, batch: list[Add]) -> list[str | Exception]:
+    async def __call__(self, batch: list[Add]) -> list[Added | Exception]:
         async with self._pool.acquire() as conn:
             try:
                 return await self._insert(conn, batch)
@@ -202,7 +212,7 @@ class AddWriter:
                     raise
             # One delivery the database refuses (a reused id, text it cannot store) must
             # not fail the others: redo them in one transaction, each in a savepoint.
-            results: list[str | Exception] = []
+            results: list[Added | Exception] = []
             async with conn.transaction():
                 for add in batch:
                     try:
@@ -212,13 +222,26 @@ class AddWriter:
                         results.append(exc)
             return results
 
-    async def _insert(self, conn: asyncpg.Connection, batch: list[Add]) -> list[str]:
+    async def _insert(self, conn: asyncpg.Connection, batch: list[Add]) -> list[Added]:
         # Keyed deliveries go in sorted by key, so concurrent batches take the unique
         # index's locks in one order (see ADD_BATCH); sorted() is stable, so among repeats
         # of a key inside the batch the first submitted is the one stored.
         order = sorted(range(len(batch)), key=lambda i: _key_order(batch[i].delivery))
         rows = [batch[i].delivery for i in order]
-        tasks = [(add.delivery.id, handler, add.now) for add in batch for handler in add.handlers]
+        # (delivery id, handler, due at, lease token or None, worker, lease until)
+        tasks: list[tuple[str, str, float, str | None, str | None, float | None]] = []
+        leases: list[list[tuple[str, str]]] = []  # per add: (handler, token) of its claims
+        for add in batch:
+            leases.append([])
+            for n, handler in enumerate(add.handlers):
+                if n < add.limit:
+                    token = secrets.token_hex(16)
+                    leases[-1].append((handler, token))
+                    lease = (token, add.worker, add.now + add.lease)
+                    tasks.append((add.delivery.id, handler, add.now, *lease))
+                else:
+                    tasks.append((add.delivery.id, handler, add.now, None, None, None))
+        task_columns = [list(column) for column in zip(*tasks, strict=True)] or [[]] * 6
         result = await conn.fetchrow(
             self._sql,
             [d.id for d in rows],
@@ -230,19 +253,26 @@ class AddWriter:
             [d.query for d in rows],
             [d.received_at for d in rows],
             ["pending" if batch[i].handlers else "done" for i in order],
-            [task[0] for task in tasks],
-            [task[1] for task in tasks],
-            [task[2] for task in tasks],
+            *task_columns,
             self._channel,
         )
         stored = set(result["stored"])
-        answers = [""] * len(batch)
+        task_ids = dict(zip(result["claimed_tokens"], result["claimed_ids"], strict=True))
+        answers: list[Added] = [("", [], False)] * len(batch)
         for i in order:
-            delivery_id = batch[i].delivery.id
+            add = batch[i]
+            delivery_id = add.delivery.id
             # A repeat of an id already stored in this batch can only be a key duplicate
             # (a clashing id would have raised): the first row with the id got it.
-            answers[i] = "stored" if delivery_id in stored else "duplicate"
+            if delivery_id not in stored:
+                answers[i] = ("duplicate", [], False)
+                continue
             stored.discard(delivery_id)
+            claimed = [
+                fresh_task(add.delivery, task_ids[token], handler, token)
+                for handler, token in leases[i]
+            ]
+            answers[i] = ("stored", claimed, len(claimed) < len(add.handlers))
         return answers
 
 

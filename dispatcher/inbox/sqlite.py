@@ -38,6 +38,7 @@ from dispatcher.inbox.base import (
     check_purge_args,
     check_replay_args,
     empty_stats,
+    fresh_task,
     replay_targets,
     unique_handlers,
     wait_for_work,
@@ -51,6 +52,11 @@ from dispatcher.inbox.sqlite_writer import (
 )
 
 T = TypeVar("T")
+
+# What add_and_claim queues: (delivery, worker, lease, limit); and what it gets back:
+# (outcome, the tasks claimed, whether a task was left pending for the workers).
+_Add = tuple[NewDelivery, str, float, int]
+_Added = tuple[str, list[ClaimedTask], bool]
 
 SCHEMA_VERSION = 1
 
@@ -249,21 +255,30 @@ class SQLiteStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
-        result: str = await self._write_grouped(self._add_many, delivery)
-        if result == "stored":
-            self._wakeup.notify()
-        return result
+        outcome, _ = await self.add_and_claim(delivery, "", 0.0, 0)
+        return outcome
 
-    def _add_many(self, conn: sqlite3.Connection, batch: list[NewDelivery]) -> list[str]:
-        """Store a group of deliveries and their tasks: "stored" or "duplicate" for each.
+    async def add_and_claim(
+        self, delivery: NewDelivery, worker: str, lease: float, limit: int
+    ) -> tuple[str, list[ClaimedTask]]:
+        added: _Added = await self._write_grouped(self._add_many, (delivery, worker, lease, limit))
+        if added[2]:
+            self._wakeup.notify()
+        return added[0], added[1]
+
+    def _add_many(self, conn: sqlite3.Connection, batch: list[_Add]) -> list[_Added]:
+        """Store a group of deliveries and their tasks, each with up to ``limit`` of its
+        tasks claimed for ``worker``: per delivery, "stored" or "duplicate", the tasks
+        claimed, and whether a task was left pending.
 
         The writer holds the write lock (BEGIN IMMEDIATE), so the check for keys already
-        stored cannot race with another process's insert; a key repeated within the
-        group is a duplicate of its first delivery.
+        stored cannot race with another process's insert, and task ids can be given here
+        (as SQLite would: after the largest); a key repeated within the group is a
+        duplicate of its first delivery.
         """
         now = self.clock()
         results = ["stored"] * len(batch)
-        keyed = [(i, d) for i, d in enumerate(batch) if d.idempotency_key is not None]
+        keyed = [(i, d) for i, (d, *_) in enumerate(batch) if d.idempotency_key is not None]
         if keyed:
             taken = _stored_keys(conn, [(d.webhook, d.idempotency_key) for _, d in keyed])
             for i, d in keyed:
@@ -271,25 +286,54 @@ class SQLiteStore(InboxStore):
                 if key in taken:
                     results[i] = "duplicate"
                 taken.add(key)
+        task_id = conn.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
         rows: list[tuple[Any, ...]] = []
         tasks: list[tuple[Any, ...]] = []
-        for d, result in zip(batch, results, strict=True):
-            if result == "stored":
-                handlers = unique_handlers(d.handlers)
-                rows.append((
-                    d.id, d.webhook, d.event, d.idempotency_key, d.body,
-                    orjson.dumps(d.headers).decode(), d.query, d.received_at,
-                    "pending" if handlers else "done",
-                ))  # fmt: skip
-                tasks.extend((d.id, handler, "pending", now) for handler in handlers)
+        attempts: list[tuple[Any, ...]] = []
+        added: list[_Added] = []
+        for (d, worker, lease, limit), result in zip(batch, results, strict=True):
+            claimed: list[ClaimedTask] = []
+            added.append((result, claimed, False))
+            if result != "stored":
+                continue
+            handlers = unique_handlers(d.handlers)
+            rows.append((
+                d.id, d.webhook, d.event, d.idempotency_key, d.body,
+                orjson.dumps(d.headers).decode(), d.query, d.received_at,
+                "pending" if handlers else "done",
+            ))  # fmt: skip
+            for handler in handlers:
+                task_id += 1
+                if len(claimed) < limit:
+                    token = secrets.token_hex(16)
+                    tasks.append(
+                        (task_id, d.id, handler, "leased", now, 1, token, now + lease, worker)
+                    )
+                    attempts.append((task_id, d.id, handler, 0, 1, worker, now))
+                    claimed.append(fresh_task(d, task_id, handler, token))
+                else:
+                    tasks.append((task_id, d.id, handler, "pending", now, 0, None, None, None))
+            if len(claimed) < len(handlers):
+                added[-1] = (result, claimed, True)
         insert_rows(
             conn,
             "INSERT INTO deliveries (id, webhook, event, idempotency_key, body, headers, query,"
             " received_at, status)",
             rows,
         )
-        insert_rows(conn, "INSERT INTO tasks (delivery_id, handler, status, due_at)", tasks)
-        return results
+        insert_rows(
+            conn,
+            "INSERT INTO tasks (id, delivery_id, handler, status, due_at, attempt, lease_token,"
+            " lease_until, worker)",
+            tasks,
+        )
+        insert_rows(
+            conn,
+            "INSERT INTO attempts (task_id, delivery_id, handler, series, attempt, worker,"
+            " started_at)",
+            attempts,
+        )
+        return added
 
     async def claim(self, worker: str, limit: int, lease: float) -> list[ClaimedTask]:
         if limit < 1:

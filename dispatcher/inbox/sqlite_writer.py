@@ -305,9 +305,9 @@ def chunked(items: Sequence[T]) -> Iterator[Sequence[T]]:
 #: Rows per multi-row statement at most (x columns stays under SQLite's historical
 #: limit of 999 parameters for tables of up to 15 columns).
 MAX_ROWS = 64
-#: Prepared statements the writer's connection keeps: every row count of two tables'
+#: Prepared statements the writer's connection keeps: every row count of three tables'
 #: inserts, and the rest of the store's statements.
-STATEMENT_CACHE = 4 * MAX_ROWS
+STATEMENT_CACHE = 5 * MAX_ROWS
 
 
 def _answer(answers: list[_Answer]) -> None:
