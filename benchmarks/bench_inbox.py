@@ -9,9 +9,18 @@ PostgreSQL (when 127.0.0.1:5432 answers), each with its in-process workers
 draining while the load runs (the default), and once receive-only
 (--concurrency 0, workers elsewhere). Each run starts from an empty inbox.
 
+For the runs with in-process workers it also prints the share of the stored
+tasks those workers had finished when the load stopped: the rest was still
+waiting in the inbox (the figure is req/s under that backlog).
+
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
 over the time until the inbox is idle.
+
+Fresh part: 32 concurrent producers, each storing deliveries one after another
+and running their task at once, as a receiver with in-process workers does:
+stored, then claimed, run and completed (the worker's own claim) against
+claimed as stored (add_and_claim), run and completed; deliveries/s and the ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import os
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -69,6 +79,7 @@ def http_part(rounds: int, duration: int) -> None:
             "benchmarks.http_apps:queued_app",
         )
     schemas: list[str] = []
+    inboxes: dict[str, list[str]] = {}  # the inbox of each run, by mode
 
     def setup(key: str) -> tuple[list[str], dict[str, str]]:
         if key == "inline":
@@ -79,43 +90,49 @@ def http_part(rounds: int, duration: int) -> None:
         else:
             url = f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
             schemas.append(url)
+        inboxes.setdefault(key, []).append(url)
         return ["--factory"], {"BENCH_INBOX": url, "BENCH_CONCURRENCY": concurrency}
 
     print(f"HTTP: body {len(BODY)} bytes; wrk -t1 -c32, {rounds} rounds x {duration} s")
     try:
         result = measure(apps, rounds, duration, "/payments", post_script(BODY), setup=setup)
+        finished = {
+            key: statistics.median(asyncio.run(done_share(url)) for url in urls)
+            for key, urls in inboxes.items()
+            if not key.endswith("-recv")
+        }
     finally:
         for url in schemas:
             asyncio.run(drop_schema(url))
         shutil.rmtree(tmp, ignore_errors=True)
     inline = result["inline"]["rps"]
-    print(f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x inline':>10}")
+    print(f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x inline':>10}{'run':>7}")
     for key, (label, _) in apps.items():
         r = result[key]
+        ran = f"{finished[key]:>6.0%}" if key in finished else ""
         print(
-            f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps'] / inline:>10.2f}"
+            f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+            f"{r['rps'] / inline:>10.2f} {ran}"
         )
+    print("run: share of the stored tasks the in-process workers had finished at the end")
     print("targets: queued SQLite >= 0.6x inline, queued PostgreSQL >= 0.4x inline")
+
+
+async def done_share(url: str) -> float:
+    """The share of an inbox's tasks that are done."""
+    store = open_inbox(url)
+    await store.open()
+    try:
+        tasks = (await store.stats())["tasks"]
+    finally:
+        await store.close()
+    return tasks["done"] / max(1, sum(tasks.values()))
 
 
 async def fill(store: InboxStore, count: int) -> None:
     batch = []
     for _ in range(count):
-        batch.append(
-            store.add(
-                NewDelivery(
-                    id=uuid.uuid4().hex,
-                    webhook="payments",
-                    event="payments:event-10",
-                    idempotency_key=None,
-                    body=BODY,
-                    headers=(("content-type", "application/json"),),
-                    query="",
-                    received_at=time.time(),
-                    handlers=("payments:event-10 noop",),
-                )
-            )
-        )
+        batch.append(store.add(new_delivery()))
         if len(batch) == 256:
             await asyncio.gather(*batch)
             batch = []
@@ -165,11 +182,77 @@ def drain_part(count: int) -> None:
     print("target: 1 worker on SQLite >= 2,000 tasks/s")
 
 
+def new_delivery() -> NewDelivery:
+    return NewDelivery(
+        id=uuid.uuid4().hex,
+        webhook="payments",
+        event="payments:event-10",
+        idempotency_key=None,
+        body=BODY,
+        headers=(("content-type", "application/json"),),
+        query="",
+        received_at=time.time(),
+        handlers=("payments:event-10 noop",),
+    )
+
+
+async def fresh(url: str, count: int, claimed_as_stored: bool) -> float:
+    """Deliveries/s of 32 producers that each store a delivery and run its task at once."""
+    store = open_inbox(url)
+    await store.open()
+
+    async def producer(deliveries: int) -> None:
+        for _ in range(deliveries):
+            if claimed_as_stored:
+                _, tasks = await store.add_and_claim(new_delivery(), "bench", 30.0, 1)
+            else:
+                await store.add(new_delivery())
+                tasks = await store.claim("bench", 1, 30.0)
+            for task in tasks:  # the handler is a no-op
+                await store.complete(task)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(producer(count // 32) for _ in range(32)))
+    while not await store.idle():  # tasks a claim skipped (locked by another claim)
+        for task in await store.claim("bench", 32, 30.0):
+            await store.complete(task)
+    took = time.perf_counter() - start
+    await store.close()
+    return count // 32 * 32 / took
+
+
+def fresh_part(count: int, rounds: int) -> None:
+    print(f"\nFresh: {count:,} deliveries from 32 producers, each task run as it is stored")
+    tmp = Path(tempfile.mkdtemp())
+    stores = {"SQLite": lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db"}
+    if postgres_up():
+        stores["PostgreSQL"] = lambda: f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
+    for name, make_url in stores.items():
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):  # alternating, so a noisy moment hits both
+            for claimed_as_stored in (False, True):
+                url = make_url()
+                try:
+                    rates[claimed_as_stored].append(
+                        asyncio.run(fresh(url, count, claimed_as_stored))
+                    )
+                finally:
+                    if name == "PostgreSQL":
+                        asyncio.run(drop_schema(url))
+        claim, stored = (statistics.median(rates[flag]) for flag in (False, True))
+        print(
+            f"{name:11} stored, then claimed: {claim:>7,.0f}/s   claimed as stored:"
+            f" {stored:>7,.0f}/s   ({stored / claim:.2f}x)"
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--fresh", type=int, default=6_400)
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
     if not args.skip_http:
@@ -177,6 +260,7 @@ def main() -> None:
             sys.exit("wrk is not installed: apt-get install wrk")
         http_part(args.rounds, args.duration)
     drain_part(args.tasks)
+    fresh_part(args.fresh, args.rounds)
 
 
 if __name__ == "__main__":
