@@ -163,12 +163,18 @@ async def drain(url: str, workers: int, count: int) -> float:
     return count / took
 
 
-def drain_part(count: int) -> None:
-    print(f"\nDrain: {count:,} no-op tasks stored up front; Worker loops of concurrency 4")
-    tmp = Path(tempfile.mkdtemp())
+def fresh_inbox_urls(tmp: Path) -> dict[str, Any]:
+    """Per store, a function giving the URL of a new, empty inbox."""
     stores = {"SQLite": lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db"}
     if postgres_up():
         stores["PostgreSQL"] = lambda: f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
+    return stores
+
+
+def drain_part(count: int) -> None:
+    print(f"\nDrain: {count:,} no-op tasks stored up front; Worker loops of concurrency 4")
+    tmp = Path(tempfile.mkdtemp())
+    stores = fresh_inbox_urls(tmp)
     for name, make_url in stores.items():
         for workers in (1, 4):
             url = make_url()
@@ -224,9 +230,7 @@ async def fresh(url: str, count: int, claimed_as_stored: bool) -> float:
 def fresh_part(count: int, rounds: int) -> None:
     print(f"\nFresh: {count:,} deliveries from 32 producers, each task run as it is stored")
     tmp = Path(tempfile.mkdtemp())
-    stores = {"SQLite": lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex}.db"}
-    if postgres_up():
-        stores["PostgreSQL"] = lambda: f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
+    stores = fresh_inbox_urls(tmp)
     for name, make_url in stores.items():
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(rounds):  # alternating, so a noisy moment hits both

@@ -6,8 +6,12 @@ Time is an injected clock moved by the tests; nothing here sleeps to make a leas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -633,6 +637,114 @@ async def test_sqlite_close_finishes_queued_writes_and_data_survives(
         await store.add(make_delivery(clock, "late"))
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as again:
         assert (await again.stats())["deliveries"]["pending"] == 50
+
+
+def writer_process(store: SQLiteStore) -> Any:
+    writer = store._writer
+    assert writer is not None and writer._process is not None
+    return writer._process
+
+
+async def test_sqlite_writes_run_in_a_writer_process_that_ends_with_the_store(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    store = SQLiteStore(tmp_path / "inbox.db")
+    await store.open()
+    process = writer_process(store)
+    assert process.poll() is None
+    await store.close()
+    assert process.poll() is not None  # closed, not left behind
+
+
+async def test_sqlite_writer_process_survives_sigint_and_sigterm(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # A terminal's Ctrl-C or a supervisor's SIGTERM reach the whole process group; the
+    # receiver still writes during its graceful shutdown.
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        process = writer_process(store)
+        await store.wait(0)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            process.send_signal(sig)
+        await asyncio.sleep(0.2)
+        assert process.poll() is None
+        assert await store.add(make_delivery(clock, "after-signals")) == "stored"
+
+
+async def test_sqlite_a_killed_writer_process_fails_its_writes_and_is_restarted(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        assert await store.add(make_delivery(clock, "before")) == "stored"
+        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock...
+        waiting = asyncio.ensure_future(store.add(make_delivery(clock, "lost")))
+        await asyncio.sleep(0.2)
+        process = writer_process(store)
+        process.kill()  # ... and dies meanwhile
+        with pytest.raises(RuntimeError, match="writer process exited before answering"):
+            await asyncio.wait_for(waiting, 5)
+        other.execute("ROLLBACK")
+        other.close()
+        # The next write starts a new process; what was committed before is there.
+        assert await store.add(make_delivery(clock, "after")) == "stored"
+        assert writer_process(store).pid != process.pid
+        assert (await store.get("before"))["status"] == "pending"
+        assert await store.get("lost") is None
+
+
+def test_sqlite_writer_process_exits_when_the_receiver_is_killed(tmp_path: Path) -> None:
+    # SIGKILL gives the receiver no chance to close the store: the writer process sees
+    # its stdin close and exits, so it never holds the database for a restarted one.
+    script = tmp_path / "receiver.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from dispatcher.inbox import SQLiteStore\n"
+        "async def main():\n"
+        f"    store = SQLiteStore({str(tmp_path / 'inbox.db')!r})\n"
+        "    await store.open()\n"
+        "    print(store._writer._process.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    receiver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None
+        child = int(receiver.stdout.readline())
+        receiver.kill()
+        receiver.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.02)
+        assert not _alive(child)
+    finally:
+        receiver.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return True
+
+
+async def test_sqlite_refuses_a_schema_newer_than_it_knows(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with SQLiteStore(tmp_path / "inbox.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "inbox.db")
+    conn.execute("INSERT INTO inbox_schema (version) VALUES (99)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValidationError, match="version 99, newer"):
+        await SQLiteStore(tmp_path / "inbox.db").open()
 
 
 async def test_postgres_migrates_safely_from_several_processes_at_once(

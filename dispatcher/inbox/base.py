@@ -10,20 +10,23 @@ import abc
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.errors import ValidationError
+from dispatcher.inbox.states import (  # noqa: F401 - part of this module's interface
+    DELIVERY_STATUSES,
+    LAPSED_ERROR,
+    TASK_STATUSES,
+    TERMINAL_STATUSES,
+    check_schema_version,
+    delivery_status,
+    replay_targets,
+    unique_handlers,
+)
 
 Clock = Callable[[], float]
-
-TASK_STATUSES = ("pending", "leased", "done", "dead")
-DELIVERY_STATUSES = ("pending", "done", "dead")
-TERMINAL_STATUSES = ("done", "dead")
-
-#: Written on an attempt whose worker lost its lease before finishing (found at reclaim).
-LAPSED_ERROR = "lease lapsed before the attempt finished (worker died or was too slow)"
 
 
 @dataclass(slots=True)  # not frozen: every request makes one, and frozen fields cost more
@@ -172,11 +175,6 @@ class InboxStore(abc.ABC):
 # -- helpers shared by the stores ---------------------------------------------------------
 
 
-def unique_handlers(handlers: Iterable[str]) -> tuple[str, ...]:
-    """One task per handler key: a key listed twice would otherwise run twice."""
-    return tuple(dict.fromkeys(handlers))
-
-
 def fresh_task(
     delivery: NewDelivery, task_id: int | str, handler: str, lease_token: str
 ) -> ClaimedTask:
@@ -185,13 +183,6 @@ def fresh_task(
         task_id, delivery.id, handler, 1, 0, lease_token, delivery.webhook, delivery.event,
         delivery.body, delivery.headers, delivery.query, delivery.received_at,
     )  # fmt: skip
-
-
-def delivery_status(task_statuses: Iterable[str]) -> str:
-    statuses = set(task_statuses)
-    if statuses & {"pending", "leased"}:
-        return "pending"
-    return "dead" if "dead" in statuses else "done"
 
 
 def check_list_args(status: str | None, limit: int) -> None:
@@ -223,20 +214,6 @@ def check_purge_args(status: str, older_than: float) -> None:
         )
     if older_than < 0:
         raise ValidationError("older_than", f"must be >= 0 seconds, got {older_than}")
-
-
-def replay_targets(status: str, task_statuses: list[str]) -> tuple[str, ...] | None:
-    """Which task statuses a replay resets, or None when the delivery is not replayed.
-
-    Dead tasks are replayed alone (their done siblings already ran); a fully done delivery
-    replays everything. A pending delivery without dead tasks is still in flight: resetting
-    its leased tasks would fence out the workers running them, so it is skipped.
-    """
-    if "dead" in task_statuses:
-        return ("dead",)
-    if status == "done" and task_statuses:
-        return ("done",)
-    return None
 
 
 def empty_stats() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from dispatcher.inbox.base import (
     check_list_args,
     check_purge_args,
     check_replay_args,
+    check_schema_version,
     empty_stats,
     replay_targets,
     unique_handlers,
@@ -165,12 +166,7 @@ class PostgresStore(InboxStore):
             )
             version = await conn.fetchval(f"SELECT max(version) FROM {self._s}.inbox_schema")
             version = version or 0
-            if version > SCHEMA_VERSION:
-                raise ValidationError(
-                    "inbox",
-                    f"the inbox schema is version {version}, newer than this dispatcher knows"
-                    f" ({SCHEMA_VERSION}); upgrade webhook-dispatcher",
-                )
+            check_schema_version(version, SCHEMA_VERSION)
             for index in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[index]:
                     await conn.execute(self._sql(statement))

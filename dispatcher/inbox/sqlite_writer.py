@@ -1,23 +1,18 @@
-"""Group commit for SQLite: every write queued meanwhile shares one transaction and one fsync.
+"""Group commit for SQLite: the store's side of its writer process (sqlite_process.py).
 
-An fsync per write would cap throughput at a few thousand per second, so the writer
-runs whatever was queued while the previous transaction committed as one transaction,
-and answers each caller only after the transaction holding its operation committed.
+An fsync per write would cap throughput at a few thousand per second, so every write
+goes to one writer process, which commits whatever arrived meanwhile as one
+transaction and answers each caller only after the transaction holding its
+operation committed.
 
-Who does what, and why. Python's sqlite3 releases the GIL around every statement step
-and must take it back afterwards; a thread that runs the statements while the event
-loop is busy spends most of its time waiting for the GIL (measured: 4 ms a batch of
-20 deliveries, of which 0.8 ms was the fsync). So the statements of a batch run on the
-event loop's own thread, where the GIL already is (they are short: multi-row inserts,
-indexed updates), and only the ``COMMIT`` (the fsync, which needs no GIL) goes to the
-writer's thread. While it syncs, new operations queue up for the next batch.
+Here, ``submit`` queues an operation (a name from sqlite_ops.py and plain arguments)
+and returns a future. The operations queued during one turn of a caller's event loop
+go to the process as one frame; a thread reads the answers and resolves each future
+on its own loop, with one wake-up per loop and answer frame. So a store may be used
+from several event loops (and threads) at once.
 
-The loop never waits for another process's lock: the connection's busy timeout is 0,
-and a batch that finds the database locked (another receiver or ``dispatcher worker``
-process is writing) is handed whole to the writer's thread, which waits there.
-
-Writes that come in numbers (adds, task outcomes) are *grouped*: the caller names a
-flush function, and all items of one flush in a batch are written by one call.
+If the process dies, the operations it had not answered fail (they may or may not
+have committed), and the next operation starts a new process.
 """
 
 from __future__ import annotations
@@ -25,312 +20,225 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
-T = TypeVar("T")
+from dispatcher.errors import NotFoundError, ValidationError
+from dispatcher.inbox.sqlite_process import read_frame, write_frame
 
-#: ``flush(conn, items)`` writes a group of items and returns one result per item, or
-#: raises; then the batch is written again with each item alone, so one bad item fails
-#: alone and the rest commit.
-Flush = Callable[[sqlite3.Connection, list[Any]], Sequence[Any]]
+_PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 
-# (flush or None, item, the caller's loop, its future). A None flush marks a plain
-# operation: the item is a function of the connection.
-_Op = tuple[Flush | None, Any, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
-_Answer = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", bool, Any]
+# A caller's loop, its future, and which process got the operation (0: not sent yet).
+_Waiting = list[Any]
 
 
 class Writer:
-    """Runs queued operations in batches, one transaction each; one batch at a time.
+    """The writer process of one SQLite file, and the futures of its callers."""
 
-    ``submit`` may be called from several event loops (each caller is answered on its
-    own loop); a batch's statements run on the loop of its oldest operation.
-    """
-
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        *,
-        batch_size: int = 256,
-        busy_timeout: float = 5.0,
-    ) -> None:
+    def __init__(self, path: Path, *, synchronous: str, busy_timeout: float, batch_size: int):
         self.commits = 0
-        self._connect = connect
-        self._batch_size = batch_size
-        self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-inbox-writer")
-        self._lock = threading.Lock()  # guards the four fields below
-        self._pending: list[_Op] = []
-        self._busy = False  # a batch holds the connection, from BEGIN to its answers
-        self._scheduled: asyncio.AbstractEventLoop | None = None  # a loop about to flush
-        self._stopped = False
-        self._home: tuple[int, asyncio.AbstractEventLoop] | None = None  # see _running_loop
+        self._args = [str(path), synchronous, str(int(busy_timeout * 1000)), str(batch_size)]
+        self._lock = threading.Lock()  # guards everything below
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outbox: list[tuple[int, str, bool, Any]] = []
+        self._waiting: dict[int, _Waiting] = {}
+        self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush queued
+        self._ids = 0
+        self._generation = 0  # how many processes were started
+        self._closed = False
 
     async def start(self) -> None:
-        """Connect (on the writer's thread: connecting may wait for a lock)."""
-        conn = await asyncio.wrap_future(self._thread.submit(self._connect))
-        conn.execute("PRAGMA busy_timeout = 0")  # the loop never waits: see the module doc
-        self._conn = conn
+        """Start the process (on a thread: starting one takes a few milliseconds)."""
+        await asyncio.to_thread(self._ensure_process)
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``op``; the future resolves after the transaction holding it committed."""
-        return self._put(None, op)
+    def submit(self, name: str, arg: Any) -> asyncio.Future[Any]:
+        """Queue the operation ``name`` of sqlite_ops.OPS; the future resolves after the
+        transaction holding it committed."""
+        return self._put(name, False, arg)
 
-    def submit_grouped(self, flush: Flush, item: Any) -> asyncio.Future[Any]:
-        """Queue ``item`` for ``flush``, which writes it with the rest of its group."""
-        return self._put(flush, item)
+    def submit_grouped(self, name: str, item: Any) -> asyncio.Future[Any]:
+        """Queue ``item`` for sqlite_ops.GROUPED[name], which writes it with the rest of
+        its group in one call."""
+        return self._put(name, True, item)
 
-    async def close(self) -> None:
-        """Finish every queued operation, then close the connection."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Let every queued operation be answered (for up to ``timeout`` s), then end the
+        process; what is still unanswered then fails."""
         with self._lock:
-            self._stopped = True
-        while True:
+            self._closed = True
+        self._flush(asyncio.get_running_loop())  # what this loop turn queued goes now
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
             with self._lock:
-                if not self._busy and not self._pending:
+                if not self._waiting or self._process is None:
                     break
-                if not self._busy:
-                    self._schedule()
             await asyncio.sleep(0.001)
-        if self._conn is not None:
-            await asyncio.wrap_future(self._thread.submit(self._conn.close))
-            self._conn = None
-        self._thread.shutdown(wait=False)
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            await asyncio.to_thread(_end, process)
+        with self._lock:
+            error = ("RuntimeError", ("the inbox store closed before this write was answered",))
+            taken = self._take([(op_id, False, error) for op_id in self._waiting])
+        _resolve_all(taken)
 
-    # -- scheduling ------------------------------------------------------------------------
+    # -- the caller's side -----------------------------------------------------------------
 
-    def _put(self, flush: Flush | None, item: Any) -> asyncio.Future[Any]:
-        loop = self._running_loop()
+    def _put(self, name: str, grouped: bool, arg: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no operation may slip in behind close() and hang
-            if self._stopped or self._conn is None:
+            if self._closed:
                 raise RuntimeError("the inbox store is closed")
-            self._pending.append((flush, item, loop, future))
-            flush_here = not self._busy and (self._scheduled is None or self._scheduled.is_closed())
+            self._ids += 1
+            self._outbox.append((self._ids, name, grouped, arg))
+            self._waiting[self._ids] = [loop, future, 0]
+            flush_here = loop not in self._flushing
             if flush_here:
-                self._scheduled = loop
-        if flush_here:  # soon, not now: what else this loop iteration submits joins the batch
-            loop.call_soon(self._flush)
+                self._flushing.add(loop)
+        if flush_here:  # soon, not now: what else this loop turn submits joins the frame
+            loop.call_soon(self._flush, loop)
         return future
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """``asyncio.get_running_loop()``, which makes a getpid() system call on every call
-        (before Python 3.12); the last caller's loop, when it is running on this thread,
-        is the running loop (one thread runs one loop at a time), and costs no call."""
-        home = self._home
-        if home is not None and home[0] == threading.get_ident() and home[1].is_running():
-            return home[1]
-        loop = asyncio.get_running_loop()
-        self._home = (threading.get_ident(), loop)
-        return loop
-
-    def _flush(self) -> None:
-        """Start a batch: its statements here, on the loop; its commit on the thread."""
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what is queued (from every loop) to the process as one frame."""
         with self._lock:
-            self._scheduled = None
-            # A caller that gave up (cancelled) before its turn is skipped, not half-done.
-            self._pending = [op for op in self._pending if not op[3].done()]
-            if self._busy or not self._pending:
+            self._flushing.discard(loop)
+            ops, self._outbox = self._outbox, []
+            if not ops:
                 return
-            batch = self._pending[: self._batch_size]
-            del self._pending[: self._batch_size]
-            self._busy = True
-        conn = self._conn
-        assert conn is not None
-        loop = asyncio.get_running_loop()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in _LOCKED:  # another process is writing: wait on the thread
-                self._thread.submit(self._write_when_unlocked, batch, loop)
+            try:
+                process = self._ensure_process()
+                assert process.stdin is not None
+                # The process drains its stdin all the time, so this does not block for
+                # long (a few ms for a body of many MiB, at memory speed).
+                for op in ops:
+                    self._waiting[op[0]][2] = self._generation
+                write_frame(process.stdin.fileno(), ops)
+            except Exception as error:
+                failed = [(op[0], False, ("RuntimeError", (_lost(error),))) for op in ops]
+                answers = self._take(failed)
+            else:
                 return
-            self._done(_failed(batch, exc))
-            return
-        except BaseException as exc:
-            self._done(_failed(batch, exc))
-            raise
-        self._run(conn, batch, loop)
+        _resolve_all(answers)
 
-    def _write_when_unlocked(self, batch: list[_Op], loop: asyncio.AbstractEventLoop) -> None:
-        """On the thread: BEGIN once the other process's lock is gone, then the batch."""
-        conn = self._conn
-        assert conn is not None
-        deadline = time.monotonic() + self._busy_timeout
-        pause = 0.001
+    # -- the process -----------------------------------------------------------------------
+
+    def _ensure_process(self) -> subprocess.Popen[bytes]:
+        """The running process, started (again) if need be; the caller holds the lock or
+        is alone (start)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            return process
+        process = subprocess.Popen(
+            [sys.executable, "-I", _PROCESS, *self._args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert process.stdout is not None
+        try:
+            ((_, ((_, ok, value),)),) = [read_frame(process.stdout.fileno())]
+        except EOFError:
+            _end(process)
+            raise RuntimeError("the inbox writer process exited as it started") from None
+        if not ok:
+            _end(process)
+            raise decode_error(value)
+        self._process = process
+        self._generation += 1
+        threading.Thread(
+            target=self._read_answers,
+            args=(process, self._generation),
+            name="dispatcher-inbox-answers",
+            daemon=True,
+        ).start()
+        return process
+
+    def _read_answers(self, process: subprocess.Popen[bytes], generation: int) -> None:
+        """On a thread: answer each caller as the process reports its batches committed."""
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                commits, answers = read_frame(fd)
+            except (EOFError, OSError, ValueError):
                 break
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in _LOCKED or time.monotonic() > deadline:
-                    self._hand_back(loop, _failed(batch, exc))
-                    return
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-        self._run(conn, batch, loop)
-
-    def _run(
-        self, conn: sqlite3.Connection, batch: list[_Op], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """The batch's statements in the open transaction, then its commit on the thread.
-        If they raise, the transaction is rolled back and every caller gets the error."""
-        try:
-            answers = _run_batch(conn, batch)
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._hand_back(loop, _failed(batch, exc))
-            raise
-        self._thread.submit(self._commit, batch, answers, loop)
-
-    def _commit(
-        self, batch: list[_Op], answers: list[_Answer], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """On the thread: the fsync. If it fails, nothing of the batch is durable, so every
-        caller hears about it, including those whose own operation went well."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            answers = _failed(batch, exc)
-        else:
-            self.commits += 1
-        self._hand_back(loop, answers)
-
-    def _hand_back(self, loop: asyncio.AbstractEventLoop, answers: list[_Answer]) -> None:
-        """From the thread: finish on the loop that ran the batch (one wake-up for it all)."""
-        try:
-            loop.call_soon_threadsafe(self._done, answers)
-        except RuntimeError:  # that loop is closed: finish from here
-            self._done(answers)
-
-    def _done(self, answers: list[_Answer]) -> None:
-        """Answer a batch's callers, free the connection, and start the next batch."""
-        _answer(answers)
+            with self._lock:
+                self.commits = commits
+                taken = self._take(answers)
+            _resolve_all(taken)
+        # The process is gone: what it had not answered may or may not have committed.
         with self._lock:
-            self._busy = False
-            self._schedule()
+            if self._process is process:
+                self._process = None
+            mine = [op_id for op_id, waiting in self._waiting.items() if waiting[2] == generation]
+            error = ("RuntimeError", ("the inbox writer process exited before answering",))
+            taken = self._take([(op_id, False, error) for op_id in mine])
+        _resolve_all(taken)
+        with contextlib.suppress(Exception):
+            process.wait(timeout=5)
 
-    def _schedule(self) -> None:
-        """Have the loop of the oldest queued operation flush (the lock is held)."""
-        while self._pending and (self._scheduled is None or self._scheduled.is_closed()):
-            loop = self._pending[0][2]
-            try:
-                _call_soon(loop, self._flush)
-            except RuntimeError:  # that loop is closed: nobody is left to answer there
-                self._pending = [op for op in self._pending if op[2] is not loop]
-                self._scheduled = None
-            else:
-                self._scheduled = loop
-
-
-_LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _failed(batch: list[_Op], error: BaseException) -> list[_Answer]:
-    """Every caller of ``batch`` gets ``error``."""
-    return [(loop, future, False, error) for _, _, loop, future in batch]
+    def _take(
+        self, answers: list[tuple[int, bool, Any]]
+    ) -> dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]:
+        """The futures of ``answers``, by loop (the lock is held)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
+        by_loop = {}
+        for op_id, ok, value in answers:
+            waiting = self._waiting.pop(op_id, None)
+            if waiting is not None:
+                by_loop.setdefault(waiting[0], []).append((waiting[1], ok, value))
+        return by_loop
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Answer]:
-    """Run a batch inside the open transaction, each group with one flush call.
+def decode_error(value: tuple[str, tuple[Any, ...]]) -> Exception:
+    """The exception the process reported (sqlite_process.encode_error)."""
+    kind, args = value
+    if kind == "ValidationError":
+        return ValidationError(*args)
+    if kind == "NotFoundError":
+        return NotFoundError(*args)
+    error_type = getattr(sqlite3, kind, None)
+    if isinstance(error_type, type) and issubclass(error_type, sqlite3.Error):
+        return error_type(*args)
+    return RuntimeError(*args)
 
-    Optimistic: nothing usually fails, so no savepoints. If something does, the batch
-    starts over with each item in a savepoint of its own.
-    """
-    groups: dict[Any, list[_Op]] = {}  # each group where its first item was queued
-    for op in batch:
-        groups.setdefault(op[0] or object(), []).append(op)
+
+def _lost(error: Exception) -> str:
+    return f"the inbox writer process could not be reached: {error}"
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Close the process's stdin (it finishes what it has and exits) and wait for it."""
+    with contextlib.suppress(OSError):
+        if process.stdin is not None:
+            process.stdin.close()
     try:
-        answers: list[_Answer] = []
-        for group in groups.values():
-            values = (group[0][0] or _call)(conn, [op[1] for op in group])
-            answers.extend(
-                (loop, future, True, value)
-                for (_, _, loop, future), value in zip(group, values, strict=True)
-            )
-        return answers
-    except Exception:
-        conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        return [_run_alone(conn, op) for op in batch]
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
-def _run_alone(conn: sqlite3.Connection, op: _Op) -> _Answer:
-    """One item in a savepoint of its own: if it raises, only its own writes roll back."""
-    flush, item, loop, future = op
-    conn.execute("SAVEPOINT op")
-    try:
-        (value,) = (flush or _call)(conn, [item])
-    except Exception as exc:
-        conn.execute("ROLLBACK TO op")
-        conn.execute("RELEASE op")
-        return (loop, future, False, exc)
-    conn.execute("RELEASE op")
-    return (loop, future, True, value)
-
-
-def _call(conn: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-    """The flush of a plain operation: the item is a function of the connection."""
-    return [ops[0](conn)]
-
-
-def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
-    """``head VALUES (...), (...), ...`` for every row, in a few statements."""
-    if rows:
-        marks = "(" + ",".join("?" * len(rows[0])) + ")"
-        for chunk in chunked(rows):
-            values = ",".join([marks] * len(chunk))
-            conn.execute(f"{head} VALUES {values}", [v for row in chunk for v in row])
-
-
-def chunked(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """``items`` in chunks of ``MAX_ROWS``, the last one shorter.
-
-    A statement's text depends on its number of rows, so a table needs up to
-    ``MAX_ROWS`` distinct statements; the writer's connection caches that many
-    prepared statements per table (``STATEMENT_CACHE``).
-    """
-    for start in range(0, len(items), MAX_ROWS):
-        yield items[start : start + MAX_ROWS]
-
-
-#: Rows per multi-row statement at most (x columns stays under SQLite's historical
-#: limit of 999 parameters for tables of up to 15 columns).
-MAX_ROWS = 64
-#: Prepared statements the writer's connection keeps: every row count of three tables'
-#: inserts, and the rest of the store's statements.
-STATEMENT_CACHE = 5 * MAX_ROWS
-
-
-def _answer(answers: list[_Answer]) -> None:
-    """Resolve each future on its own loop: one callback per loop, not one per answer."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for loop, future, ok, value in answers:
-        by_loop.setdefault(loop, []).append((future, ok, value))
+def _resolve_all(
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]],
+) -> None:
+    """Resolve each future on its own loop: one callback per loop."""
     for loop, results in by_loop.items():
         # RuntimeError: that loop is closed, so nobody is left to answer there.
         with contextlib.suppress(RuntimeError):
-            _call_soon(loop, _resolve, results)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
-    """``loop.call_soon``, thread-safe when called from elsewhere (which costs a wake-up)."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        loop.call_soon(callback, *args)
-    else:
-        loop.call_soon_threadsafe(callback, *args)
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                loop.call_soon(_resolve, results)
+            else:
+                loop.call_soon_threadsafe(_resolve, results)
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -340,4 +248,4 @@ def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
         if ok:
             future.set_result(value)
         else:
-            future.set_exception(value)
+            future.set_exception(decode_error(value))
