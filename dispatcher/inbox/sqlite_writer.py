@@ -129,9 +129,10 @@ class Writer:
 
     def _ensure_process(self) -> subprocess.Popen[bytes]:
         """The running process, started (again) if need be; the caller holds the lock or
-        is alone (start)."""
+        is alone (start). A process that died is forgotten by the thread reading its
+        answers (no poll() here: this runs for every frame)."""
         process = self._process
-        if process is not None and process.poll() is None:
+        if process is not None:
             return process
         process = subprocess.Popen(
             [sys.executable, "-I", _PROCESS, *self._args],
