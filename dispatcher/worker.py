@@ -77,7 +77,7 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], ClaimedTask] = {}
         self._running = 0
         # Slots held for tasks this process is storing (reserve, then adopt), and whether
-        # the last claim came back full: a backlog, which then goes first (see reserve).
+        # the last claim came back full: a backlog, which keeps a slot (see reserve).
         self._reserved = 0
         self._backlog = False
         self._stopped = True  # not started, or stop() has returned

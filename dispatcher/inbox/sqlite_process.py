@@ -90,7 +90,10 @@ def main(path: str, synchronous: str, busy_ms: int, batch_size: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    out = sys.stdout.fileno()
+    # Answers go to a private copy of stdout; anything printed by accident goes to stderr
+    # instead of into the answer frames.
+    out = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         conn = connect(path, synchronous, busy_ms, sqlite_ops.STATEMENT_CACHE)
     except Exception as error:
