@@ -49,6 +49,7 @@ class Writer:
         self._ids = 0
         self._generation = 0  # how many processes were started
         self._closed = False
+        self._home: tuple[int, asyncio.AbstractEventLoop] | None = None  # see _running_loop
 
     async def start(self) -> None:
         """Start the process (on a thread: starting one takes a few milliseconds)."""
@@ -88,7 +89,7 @@ class Writer:
     # -- the caller's side -----------------------------------------------------------------
 
     def _put(self, name: str, grouped: bool, arg: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no operation may slip in behind close() and hang
             if self._closed:
@@ -102,6 +103,17 @@ class Writer:
         if flush_here:  # soon, not now: what else this loop turn submits joins the frame
             loop.call_soon(self._flush, loop)
         return future
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """``asyncio.get_running_loop()``, which makes a getpid() system call on every call
+        (before Python 3.12); the last caller's loop, when it is running on this thread,
+        is the running loop (one thread runs one loop at a time), and costs no call."""
+        home = self._home
+        if home is not None and home[0] == threading.get_ident() and home[1].is_running():
+            return home[1]
+        loop = asyncio.get_running_loop()
+        self._home = (threading.get_ident(), loop)
+        return loop
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send what is queued (from every loop) to the process as one frame."""
