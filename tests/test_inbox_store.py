@@ -582,7 +582,9 @@ async def test_sqlite_waits_for_another_writer_without_blocking_the_loop(
         other.execute("COMMIT")
         other.close()
         assert await asyncio.wait_for(add, 5) == "stored"
-        assert await store.add(make_delivery(clock, "after")) == "stored"  # back on the loop
+        assert (
+            await store.add(make_delivery(clock, "after")) == "stored"
+        )  # and the next write goes through
 
 
 async def test_sqlite_gives_up_on_a_lock_held_past_the_busy_timeout(
