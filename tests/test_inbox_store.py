@@ -697,6 +697,21 @@ async def test_sqlite_a_killed_writer_process_fails_its_writes_and_is_restarted(
         assert await store.get("lost") is None
 
 
+async def test_sqlite_a_write_cancelled_before_it_left_is_not_made(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # A request cancelled while its delivery waited to be sent was never acknowledged:
+    # storing it anyway would make the provider's retry a duplicate.
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        gave_up = asyncio.ensure_future(store.add(make_delivery(clock, "gave-up")))
+        await asyncio.sleep(0)  # its write is queued for the end of this loop turn
+        gave_up.cancel()
+        assert await store.add(make_delivery(clock, "later")) == "stored"
+        assert gave_up.cancelled()
+        assert await store.get("gave-up") is None
+
+
 def test_sqlite_writer_process_exits_when_the_receiver_is_killed(tmp_path: Path) -> None:
     # SIGKILL gives the receiver no chance to close the store: the writer process sees
     # its stdin close and exits, so it never holds the database for a restarted one.

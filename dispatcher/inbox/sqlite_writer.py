@@ -120,6 +120,12 @@ class Writer:
         with self._lock:
             self._flushing.discard(loop)
             ops, self._outbox = self._outbox, []
+            # A caller that gave up (cancelled) before its operation left is skipped: a
+            # delivery whose request was cancelled was never acknowledged, so not stored.
+            for op in ops:
+                if self._waiting[op[0]][1].done():
+                    del self._waiting[op[0]]
+            ops = [op for op in ops if op[0] in self._waiting]
             if not ops:
                 return
             try:
