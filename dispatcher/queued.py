@@ -156,8 +156,9 @@ class QueuedMode:
                 webhook=event.webhook,
             )  # fmt: skip
         finally:
-            if worker is not None and not claimed:
-                worker.adopt((), reserved)  # frees what was reserved (a no-op for none)
+            if reserved and not claimed:  # failed, duplicate or cancelled: free the slots
+                assert worker is not None
+                worker.adopt((), reserved)
         if outcome == "duplicate":
             return DispatchResult("duplicate", 200, event.id, event.webhook, event.tag)
         if worker is not None and delivery.handlers:

@@ -88,16 +88,11 @@ class MemoryStore(InboxStore):
     # -- the delivery path -------------------------------------------------------------
 
     async def add(self, delivery: NewDelivery) -> str:
-        outcome, _ = self._add(delivery, None, 0.0, 0)
+        outcome, _ = await self.add_and_claim(delivery, "", 0.0, 0)
         return outcome
 
     async def add_and_claim(
         self, delivery: NewDelivery, worker: str, lease: float, limit: int
-    ) -> tuple[str, list[ClaimedTask]]:
-        return self._add(delivery, worker, lease, limit)
-
-    def _add(
-        self, delivery: NewDelivery, worker: str | None, lease: float, limit: int
     ) -> tuple[str, list[ClaimedTask]]:
         now = self.clock()
         claimed: list[ClaimedTask] = []
@@ -111,7 +106,7 @@ class MemoryStore(InboxStore):
             record = _Delivery(delivery, "pending" if handlers else "done")
             for handler in handlers:
                 task = _Task(next(self._ids), delivery.id, handler, due_at=now)
-                if worker is not None and len(claimed) < limit:
+                if len(claimed) < limit:
                     self._lease(record, task, worker, lease, now)
                     claimed.append(_claimed(delivery, task))
                 record.tasks.append(task)

@@ -1,11 +1,14 @@
 """Task and delivery states, and the rules between them that every store applies.
 
-Standard library only: the SQLite writer process loads it without the rest of the package.
+Standard library and dispatcher.errors only: the SQLite writer process loads it without
+the rest of the package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from dispatcher.errors import ValidationError
 
 TASK_STATUSES = ("pending", "leased", "done", "dead")
 DELIVERY_STATUSES = ("pending", "done", "dead")
@@ -44,8 +47,6 @@ def replay_targets(status: str, task_statuses: list[str]) -> tuple[str, ...] | N
 def check_schema_version(version: int, known: int) -> None:
     """Refuse an inbox whose schema a newer dispatcher migrated: it may not read it right."""
     if version > known:
-        from dispatcher.errors import ValidationError
-
         raise ValidationError(
             "inbox",
             f"the inbox schema is version {version}, newer than this dispatcher knows"
