@@ -712,6 +712,57 @@ async def test_sqlite_a_write_cancelled_before_it_left_is_not_made(
         assert await store.get("gave-up") is None
 
 
+async def test_sqlite_answers_are_read_on_the_writing_loop_without_a_thread(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # A reader thread cost every answer frame a GIL hand-over and a cross-thread wake-up.
+    clock = FakeClock()
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        results = await asyncio.gather(
+            *(store.add(make_delivery(clock, f"d{i}")) for i in range(50))
+        )
+        assert results == ["stored"] * 50
+        assert "dispatcher-inbox-answers" not in {t.name for t in threading.enumerate()}
+
+
+def test_sqlite_answers_reach_a_loop_while_the_reading_loop_is_blocked(tmp_path: Path) -> None:
+    # The main loop reads the answers (it wrote first), then blocks on a thread whose own
+    # loop writes: a thread must read that loop's answers, or both wait forever.
+    store = SQLiteStore(tmp_path / "inbox.db")
+    clock = FakeClock()
+    outcome: list[str] = []
+
+    def other_loop() -> None:
+        outcome.append(asyncio.run(store.add(make_delivery(clock, "from-a-thread"))))
+
+    async def main() -> None:
+        await store.open()
+        assert await store.add(make_delivery(clock, "first")) == "stored"
+        thread = threading.Thread(target=other_loop, daemon=True)
+        thread.start()
+        thread.join(10)  # blocks this loop: it cannot read anything meanwhile
+        assert outcome == ["stored"]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_sqlite_a_writer_process_that_died_between_loops_is_replaced(tmp_path: Path) -> None:
+    # No loop ran to see it go: the next write finds the pipe closed and goes to a new
+    # process instead of failing.
+    store = SQLiteStore(tmp_path / "inbox.db")
+    clock = FakeClock()
+    asyncio.run(store.open())
+    assert asyncio.run(store.add(make_delivery(clock, "before"))) == "stored"
+    process = writer_process(store)
+    process.kill()
+    process.wait()
+    assert asyncio.run(store.add(make_delivery(clock, "after"))) == "stored"
+    assert writer_process(store).pid != process.pid
+    assert asyncio.run(store.get("before"))["status"] == "pending"
+    asyncio.run(store.close())
+
+
 def test_sqlite_writer_process_exits_when_the_receiver_is_killed(tmp_path: Path) -> None:
     # SIGKILL gives the receiver no chance to close the store: the writer process sees
     # its stdin close and exits, so it never holds the database for a restarted one.

@@ -38,7 +38,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-_LENGTH = struct.Struct("<I")
+LENGTH = struct.Struct("<I")
 
 #: (op id, op name, grouped?, argument)
 Op = tuple[int, str, bool, Any]
@@ -48,14 +48,14 @@ Answer = tuple[int, bool, Any]
 
 def write_frame(fd: int, value: Any) -> None:
     data = marshal.dumps(value)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
+    view = memoryview(LENGTH.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 def read_frame(fd: int) -> Any:
     """The next frame's value, or EOFError when the other side closed the pipe."""
-    (length,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
+    (length,) = LENGTH.unpack(_read_exactly(fd, LENGTH.size))
     return marshal.loads(_read_exactly(fd, length))
 
 

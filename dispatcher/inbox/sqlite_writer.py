@@ -7,9 +7,12 @@ operation committed.
 
 Here, ``submit`` queues an operation (a name from sqlite_ops.py and plain arguments)
 and returns a future. The operations queued during one turn of a caller's event loop
-go to the process as one frame; a thread reads the answers and resolves each future
-on its own loop, with one wake-up per loop and answer frame. So a store may be used
-from several event loops (and threads) at once.
+go to the process as one frame. The answers are read on the event loop that writes
+(``_Answers``): a reader thread cost a GIL hand-over and a cross-thread wake-up per
+answer frame, about a sixth of a queued request's time on the loop. A store may still
+be used from several event loops: when one loop stops, the next one to write reads the
+answers; while several run at once in different threads, a thread reads beside the
+loop, and each future is resolved on its own loop.
 
 If the process dies, the operations it had not answered fail (they may or may not
 have committed), and the next operation starts a new process.
@@ -19,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
+import os
+import select
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.errors import NotFoundError, ValidationError
-from dispatcher.inbox.sqlite_process import read_frame, write_frame
+from dispatcher.inbox.sqlite_process import LENGTH, read_frame, write_frame
 
 _PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 
@@ -43,6 +49,7 @@ class Writer:
         self._args = [str(path), synchronous, str(int(busy_timeout * 1000)), str(batch_size)]
         self._lock = threading.Lock()  # guards everything below
         self._process: subprocess.Popen[bytes] | None = None
+        self._answers: _Answers | None = None  # the reader of that process's answers
         self._outbox: list[tuple[int, str, bool, Any]] = []
         self._waiting: dict[int, _Waiting] = {}
         self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush queued
@@ -79,8 +86,11 @@ class Writer:
             await asyncio.sleep(0.001)
         with self._lock:
             process, self._process = self._process, None
+            answers, self._answers = self._answers, None
         if process is not None:
             await asyncio.to_thread(_end, process)
+        if answers is not None:
+            answers.stop()
         with self._lock:
             error = ("RuntimeError", ("the inbox store closed before this write was answered",))
             taken = self._take([(op_id, False, error) for op_id in self._waiting])
@@ -128,27 +138,46 @@ class Writer:
             ops = [op for op in ops if op[0] in self._waiting]
             if not ops:
                 return
+            dead = None
             try:
-                process = self._ensure_process()
-                assert process.stdin is not None
-                # The process drains its stdin all the time, so this does not block for
-                # long (a few ms for a body of many MiB, at memory speed).
-                for op in ops:
-                    self._waiting[op[0]][2] = self._generation
-                write_frame(process.stdin.fileno(), ops)
+                try:
+                    self._send(ops)
+                except BrokenPipeError:
+                    # It died before its reader noticed (say, while no loop was running):
+                    # none of this frame reached it, so a new process takes it.
+                    dead = self._answers
+                    self._forget_process()
+                    self._send(ops)
             except Exception as error:
+                if isinstance(error, OSError) and dead is None:  # the process is gone
+                    dead = self._answers
+                    self._forget_process()
                 failed = [(op[0], False, ("RuntimeError", (_lost(error),))) for op in ops]
                 answers = self._take(failed)
             else:
-                return
+                assert self._answers is not None
+                self._answers.listen(loop)
+                answers = {}
         _resolve_all(answers)
+        if dead is not None:  # what else it had not answered fails too
+            self._exited(dead)
+
+    def _send(self, ops: list[tuple[int, str, bool, Any]]) -> None:
+        process = self._ensure_process()
+        assert process.stdin is not None
+        for op in ops:
+            self._waiting[op[0]][2] = self._generation
+        # The process drains its stdin all the time, so this does not block for long (a
+        # few ms for a body of many MiB, at memory speed).
+        write_frame(process.stdin.fileno(), ops)
 
     # -- the process -----------------------------------------------------------------------
 
     def _ensure_process(self) -> subprocess.Popen[bytes]:
         """The running process, started (again) if need be; the caller holds the lock or
-        is alone (start). A process that died is forgotten by the thread reading its
-        answers (no poll() here: this runs for every frame)."""
+        is alone (start). A process that died is forgotten by the reader of its answers,
+        or by the write that found its pipe closed (no poll() here: this runs for every
+        frame)."""
         process = self._process
         if process is not None:
             return process
@@ -169,37 +198,35 @@ class Writer:
             raise decode_error(value)
         self._process = process
         self._generation += 1
-        threading.Thread(
-            target=self._read_answers,
-            args=(process, self._generation),
-            name="dispatcher-inbox-answers",
-            daemon=True,
-        ).start()
+        self._answers = _Answers(self, process, self._generation)
         return process
 
-    def _read_answers(self, process: subprocess.Popen[bytes], generation: int) -> None:
-        """On a thread: answer each caller as the process reports its batches committed."""
-        assert process.stdout is not None
-        fd = process.stdout.fileno()
-        while True:
-            try:
-                commits, answers = read_frame(fd)
-            except (EOFError, OSError, ValueError):
-                break
-            with self._lock:
-                self.commits = commits
-                taken = self._take(answers)
-            _resolve_all(taken)
-        # The process is gone: what it had not answered may or may not have committed.
+    def _forget_process(self) -> None:
+        """The process died (the lock is held): stop reading it; the next write starts one."""
+        if self._answers is not None:
+            self._answers.stop()
+        self._process = self._answers = None
+
+    def _answered(self, commits: int, answers: list[tuple[int, bool, Any]]) -> None:
+        """The process reported a batch committed: answer each of its callers."""
         with self._lock:
-            if self._process is process:
-                self._process = None
+            self.commits = max(self.commits, commits)
+            taken = self._take(answers)
+        _resolve_all(taken)
+
+    def _exited(self, reader: _Answers) -> None:
+        """The process behind ``reader`` is gone: what it had not answered may or may not
+        have committed, and fails."""
+        process, generation = reader.process, reader.generation
+        with self._lock:
+            if self._answers is reader:
+                self._forget_process()
             mine = [op_id for op_id, waiting in self._waiting.items() if waiting[2] == generation]
             error = ("RuntimeError", ("the inbox writer process exited before answering",))
             taken = self._take([(op_id, False, error) for op_id in mine])
         _resolve_all(taken)
-        with contextlib.suppress(Exception):
-            process.wait(timeout=5)
+        if process.poll() is None:  # reap it without blocking a loop
+            threading.Thread(target=_reap, args=(process,), daemon=True).start()
 
     def _take(
         self, answers: list[tuple[int, bool, Any]]
@@ -212,6 +239,110 @@ class Writer:
             if waiting is not None:
                 by_loop.setdefault(waiting[0], []).append((waiting[1], ok, value))
         return by_loop
+
+
+class _Answers:
+    """Reads one writer process's answer frames: on the event loop that writes, as a
+    reader callback; and on a thread too while loops in other threads write as well.
+
+    The pipe is non-blocking and read under ``_reading``, so the loop and the thread can
+    both be woken for the same bytes: whoever takes the lock reads them.
+    """
+
+    def __init__(self, writer: Writer, process: subprocess.Popen[bytes], generation: int):
+        assert process.stdout is not None
+        self.writer = writer
+        self.process = process
+        self.generation = generation
+        self.fd = process.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.loop: asyncio.AbstractEventLoop | None = None  # whose reader callback reads
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+        self._buffer = bytearray()
+        self._reading = threading.Lock()
+
+    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure someone reads the answers to what ``loop`` just wrote (on that loop's
+        thread, with the writer's lock held)."""
+        current = self.loop
+        if current is loop or self.stopped:  # the common case: the one loop that writes
+            return
+        if current is None or current.is_closed() or not current.is_running():
+            # The loop that read before is gone (asyncio.run returned): this one reads now.
+            if current is not None:
+                with contextlib.suppress(Exception):
+                    current.remove_reader(self.fd)
+            loop.add_reader(self.fd, self.read)
+            self.loop = loop
+        elif self.thread is None:
+            # Another loop, still running in another thread, reads: it may stop while this
+            # one waits for an answer, so a thread reads as well from now on.
+            self.thread = threading.Thread(
+                target=self._read_on_thread, name="dispatcher-inbox-answers", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self) -> None:
+        """Stop reading (the process ended, or is being ended)."""
+        self.stopped = True
+        loop, self.loop = self.loop, None
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        with contextlib.suppress(Exception):  # a closed loop has no readers left
+            if running is loop or not loop.is_running():
+                loop.remove_reader(self.fd)
+            else:
+                loop.call_soon_threadsafe(loop.remove_reader, self.fd)
+
+    def read(self) -> None:
+        """Read what arrived and answer every complete frame in it."""
+        if not self._reading.acquire(blocking=False):
+            return  # the other reader has it
+        frames = []
+        ended = False
+        try:
+            buffer = self._buffer
+            while True:
+                try:
+                    chunk = os.read(self.fd, 1 << 18)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    ended = True
+                    break
+                buffer += chunk
+                if len(chunk) < 1 << 18:
+                    break
+            start = 0
+            while len(buffer) - start >= LENGTH.size:
+                (length,) = LENGTH.unpack_from(buffer, start)
+                end = start + LENGTH.size + length
+                if len(buffer) < end:
+                    break
+                frames.append(marshal.loads(buffer[start + LENGTH.size : end]))
+                start = end
+            del buffer[:start]
+        finally:
+            self._reading.release()
+        for commits, answers in frames:
+            self.writer._answered(commits, answers)
+        if ended and not self.stopped:
+            self.stop()
+            self.writer._exited(self)
+
+    def _read_on_thread(self) -> None:
+        while not self.stopped:
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select([self.fd], [], [], 0.1)
+                if readable:
+                    self.read()
 
 
 def decode_error(value: tuple[str, tuple[Any, ...]]) -> Exception:
@@ -229,6 +360,11 @@ def decode_error(value: tuple[str, tuple[Any, ...]]) -> Exception:
 
 def _lost(error: Exception) -> str:
     return f"the inbox writer process could not be reached: {error}"
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(Exception):
+        process.wait(timeout=5)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
