@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import QueryParams
@@ -56,8 +57,10 @@ class QueuedMode:
         # delivery id -> [the Event the pipeline built, its tasks not yet started here].
         # A first run in this process takes the Event from here instead of parsing the
         # stored body again; other processes' deliveries, retries and replays are rebuilt
-        # from the store. Oldest first, so the bound drops those least likely to come.
-        self._fresh: dict[str, list[Any]] = {}
+        # from the store. Oldest first, so the bound drops those least likely to come. An
+        # OrderedDict: dropping a plain dict's first key scans past every key deleted
+        # before it, which cost ~2 us per delivery under load.
+        self._fresh: OrderedDict[str, list[Any]] = OrderedDict()
         self._pruner: asyncio.Task[None] | None = None
         self._opened = False
 
@@ -165,7 +168,7 @@ class QueuedMode:
             fresh = self._fresh
             fresh[event.id] = [event, len(set(delivery.handlers))]
             if len(fresh) > FRESH_EVENTS:
-                del fresh[next(iter(fresh))]
+                fresh.popitem(last=False)
             if claimed:
                 worker.adopt(claimed, reserved)
         return DispatchResult("queued", 202, event.id, event.webhook, event.tag)

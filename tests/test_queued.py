@@ -255,9 +255,12 @@ async def test_events_kept_for_first_runs_are_bounded(tmp_path: Path, monkeypatc
         inbox = hooks.inbox
         assert inbox is not None and inbox.worker is not None
         await inbox.worker.stop()  # as if workers elsewhere took every task
+        ids = []
         for n in range(6):
-            assert (await client.post("/w", json={"type": "a", "id": f"b{n}"})).status_code == 202
-        assert len(inbox._fresh) == 3
+            answer = await client.post("/w", json={"type": "a", "id": f"b{n}"})
+            assert answer.status_code == 202
+            ids.append(answer.json()["id"])
+        assert list(inbox._fresh) == ids[-3:]  # the oldest went first
         await inbox.worker.start()  # the evicted ones are rebuilt from the store
         await client.drain()
     assert sorted(ran) == [f"b{n}" for n in range(6)]
