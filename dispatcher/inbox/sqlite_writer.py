@@ -333,9 +333,11 @@ class _Answers:
             self._reading.release()
         for commits, answers in frames:
             self.writer._answered(commits, answers)
-        if ended and not self.stopped:
+        if ended:  # the process is gone; stop() again in case a loop began listening since
+            first = not self.stopped
             self.stop()
-            self.writer._exited(self)
+            if first:
+                self.writer._exited(self)
 
     def _read_on_thread(self) -> None:
         while not self.stopped:
