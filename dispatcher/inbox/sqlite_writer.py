@@ -210,7 +210,7 @@ class Writer:
     def _answered(self, commits: int, answers: list[tuple[int, bool, Any]]) -> None:
         """The process reported a batch committed: answer each of its callers."""
         with self._lock:
-            self.commits = max(self.commits, commits)
+            self.commits = commits
             taken = self._take(answers)
         _resolve_all(taken)
 
@@ -289,12 +289,8 @@ class _Answers:
         loop, self.loop = self.loop, None
         if loop is None:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         with contextlib.suppress(Exception):  # a closed loop has no readers left
-            if running is loop or not loop.is_running():
+            if _current_loop() is loop or not loop.is_running():
                 loop.remove_reader(self.fd)
             else:
                 loop.call_soon_threadsafe(loop.remove_reader, self.fd)
@@ -303,7 +299,6 @@ class _Answers:
         """Read what arrived and answer every complete frame in it."""
         if not self._reading.acquire(blocking=False):
             return  # the other reader has it
-        frames = []
         ended = False
         try:
             buffer = self._buffer
@@ -326,13 +321,13 @@ class _Answers:
                 end = start + LENGTH.size + length
                 if len(buffer) < end:
                     break
-                frames.append(marshal.loads(buffer[start + LENGTH.size : end]))
+                # Answered under the lock, so frames are answered in the order they came.
+                commits, answers = marshal.loads(buffer[start + LENGTH.size : end])
+                self.writer._answered(commits, answers)
                 start = end
             del buffer[:start]
         finally:
             self._reading.release()
-        for commits, answers in frames:
-            self.writer._answered(commits, answers)
         if ended:  # the process is gone; stop() again in case a loop began listening since
             first = not self.stopped
             self.stop()
@@ -364,6 +359,14 @@ def _lost(error: Exception) -> str:
     return f"the inbox writer process could not be reached: {error}"
 
 
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _reap(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(Exception):
         process.wait(timeout=5)
@@ -388,11 +391,7 @@ def _resolve_all(
     for loop, results in by_loop.items():
         # RuntimeError: that loop is closed, so nobody is left to answer there.
         with contextlib.suppress(RuntimeError):
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
+            if _current_loop() is loop:
                 loop.call_soon(_resolve, results)
             else:
                 loop.call_soon_threadsafe(_resolve, results)
