@@ -2,12 +2,18 @@
 
     python benchmarks/bench_http.py                 # 3 rounds x 5 s per app (about 90 s)
     python benchmarks/bench_http.py --rounds 1 --duration 3
+    python benchmarks/bench_http.py --controls      # also what b/a can be at best here
 
 Needs wrk (Debian: apt-get install wrk). Each app runs under uvicorn (1 worker,
 uvloop, httptools, access log off); wrk drives it with 1 thread and 32
 connections, POSTing the same ~400-byte JSON body. Apps run one after another,
 round after round (a b c d a b c d ...), and the median of the rounds counts,
 so a noisy moment on this shared machine hits every app alike.
+
+--controls adds two apps to the rounds, as ceilings for b/a on this machine: (e) the
+raw app plus a busy-wait as long as the dispatcher's own work over the raw app's,
+measured in-process at the start of the run, and (f) the dispatcher's essential work
+alone (http_apps.essential: headers, parse, match, Event, id, handler, answer).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import http_apps  # noqa: E402
 from benchmarks.http_apps import BODY  # noqa: E402
 
 APPS = {
@@ -35,6 +42,10 @@ APPS = {
     "b": ("dispatcher inline", "benchmarks.http_apps:hooks"),
     "c": ("FastAPI endpoint", "benchmarks.http_apps:fastapi_app"),
     "d": ("Starlette route", "benchmarks.http_apps:starlette_app"),
+}
+CONTROLS = {
+    "e": ("control: raw + busy-wait", "benchmarks.http_apps:busy"),
+    "f": ("control: essential work", "benchmarks.http_apps:essential"),
 }
 
 
@@ -118,23 +129,74 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
     }
 
 
+def in_process_us(app: Any, calls: int = 20_000, repeats: int = 7) -> float:
+    """Microseconds per request of an ASGI app called directly (no server, no socket) with
+    the bench's request, on uvloop: the median of ``repeats`` timings of ``calls`` calls."""
+    import uvloop
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/payments", "root_path": "",
+        "query_string": b"", "headers": [
+            (b"host", b"127.0.0.1"), (b"content-length", str(len(BODY)).encode()),
+            (b"content-type", b"application/json"),
+        ],
+    }  # fmt: skip
+    message = {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def timed() -> float:
+        await http_apps.hooks.startup()
+        for _ in range(calls // 10):  # warm up
+            await app(scope, receive, send)
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                await app(scope, receive, send)
+            runs.append((time.perf_counter() - start) / calls * 1e6)
+        await http_apps.hooks.shutdown()
+        return statistics.median(runs)
+
+    return uvloop.run(timed())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--controls", action="store_true",
+                        help="also run two ceilings for b/a (see the module's doc)")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
+    apps = dict(APPS)
+    env: dict[str, str] = {}
+    if args.controls:
+        raw_us, hooks_us = in_process_us(http_apps.raw), in_process_us(http_apps.hooks)
+        spin = max(0.0, hooks_us - raw_us)
+        print(f"in-process: raw {raw_us:.2f} us, dispatcher {hooks_us:.2f} us per request; "
+              f"(e) spins {spin:.2f} us")  # fmt: skip
+        apps.update(CONTROLS)
+        env = {"BENCH_SPIN_US": f"{spin:.3f}"}
     print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
-    result = measure(APPS, args.rounds, args.duration, "/payments", post_script(BODY))
-    print(f"{'':3}{'app':22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    for key, (label, _) in APPS.items():
+    result = measure(apps, args.rounds, args.duration, "/payments", post_script(BODY),
+                     setup=lambda key: ([], env))  # fmt: skip
+    print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for key, (label, _) in apps.items():
         r = result[key]
-        print(f"({key}) {label:22}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+        print(f"({key}) {label:26}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
     rps = {key: r["rps"] for key, r in result.items()}
     print(f"b/a = {rps['b'] / rps['a']:.2f}  (target >= 0.85)")
     print(f"b/c = {rps['b'] / rps['c']:.2f}  (target >= 2.5)")
     print(f"b/d = {rps['b'] / rps['d']:.2f}  (target >= 1.3)")
+    if args.controls:
+        print(f"e/a = {rps['e'] / rps['a']:.2f}  (the dispatcher's in-process work as pure CPU)")
+        print(f"f/a = {rps['f'] / rps['a']:.2f}  (only the work no receiver can skip)")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,16 @@ uvicorn benchmarks.http_apps:raw          # (a) the floor: raw ASGI, no routing 
 uvicorn benchmarks.http_apps:hooks        # (b) dispatcher, inline mode, no-op async handler
 uvicorn benchmarks.http_apps:fastapi_app  # (c) the same routing as a FastAPI endpoint
 uvicorn benchmarks.http_apps:starlette_app  # (d) the same routing as a Starlette route
+
+and two controls for b/a (``bench_http.py --controls``): ``busy`` (the raw app plus a
+busy-wait of BENCH_SPIN_US microseconds) and ``essential`` (only the work no receiver
+can skip).
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import orjson
 from fastapi import FastAPI, Request
@@ -15,6 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dispatcher import Dispatcher
+from dispatcher.event import Event
+from dispatcher.headers import Headers
+from dispatcher.pipeline import EMPTY_QUERY, new_id
 
 EVENTS = [f"event-{i}" for i in range(20)]
 BODY = orjson.dumps(
@@ -105,14 +115,69 @@ async def starlette_endpoint(request):  # type: ignore[no-untyped-def]
 starlette_app = Starlette(routes=[Route("/payments", starlette_endpoint, methods=["POST"])])
 
 
+# Controls for b/a: how close to the raw app a receiver doing the same work can get.
+
+SPIN = float(os.environ.get("BENCH_SPIN_US", "0")) / 1e6
+
+
+async def busy(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The raw app after a busy-wait of BENCH_SPIN_US: CPU work alone, no memory touched."""
+    if scope["type"] == "http":
+        deadline = time.perf_counter() + SPIN
+        while time.perf_counter() < deadline:
+            pass
+    await raw(scope, receive, send)
+
+
+ESSENTIAL_ANSWER = (
+    b'{"id":"%s","webhook":"payments","event":"payments:event-10","status":"processed"}'
+)
+
+
+async def essential(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The dispatcher's own parts, only those no receiver can skip: index the headers,
+    parse, match, make the Event and its id, run the handler, answer from a template.
+
+    Everything else the receiver does is left out: path, method, size, content-type and
+    signature checks, idempotency, timing, metrics, the log check, result objects. Not a
+    receiver (it answers every POST as the bench's event): a ceiling for b/a.
+    """
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            await hooks(scope, receive, send)
+        return
+    webhook = hooks.catalog.webhooks[scope["path"][1:]]
+    message = await receive()
+    body = message.get("body", b"")
+    headers = Headers.from_asgi(scope["headers"])
+    payload = orjson.loads(body)
+    event = hooks.catalog.indexes[webhook.tag].match(payload, headers, EMPTY_QUERY)
+    delivery = Event(
+        new_id(), webhook.tag, event.tag, event.name, payload, headers, EMPTY_QUERY, body,
+        time.time(),
+    )  # fmt: skip
+    for handler in hooks.router.resolve(webhook.tag, event.tag):
+        await handler.func(delivery)
+    content = ESSENTIAL_ANSWER % delivery.id.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
 def queued_app() -> Dispatcher:
     """(b) again in queued mode: ``uvicorn --factory benchmarks.http_apps:queued_app``.
 
     BENCH_INBOX is the inbox URL; BENCH_CONCURRENCY the in-process workers' concurrency
     (0: the process only receives, as when workers run elsewhere).
     """
-    import os
-
     return bench_dispatcher(
         inbox=os.environ["BENCH_INBOX"], concurrency=int(os.environ.get("BENCH_CONCURRENCY", "4"))
     )

@@ -1,0 +1,75 @@
+"""The benchmark's apps answer the bench's request as the dispatcher does, so the ratios
+bench_http.py prints compare like with like (the controls included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from benchmarks import http_apps
+from benchmarks.bench_http import in_process_us
+
+pytestmark = pytest.mark.anyio
+
+
+async def post(app: Any) -> httpx.Response:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://bench"
+    ) as client:
+        return await client.post(
+            "/payments", content=http_apps.BODY, headers={"content-type": "application/json"}
+        )
+
+
+async def test_essential_control_answers_as_the_dispatcher_does() -> None:
+    await http_apps.hooks.startup()
+    try:
+        real, control = await post(http_apps.hooks), await post(http_apps.essential)
+    finally:
+        await http_apps.hooks.shutdown()
+    assert real.status_code == control.status_code == 200
+    real_body, control_body = orjson.loads(real.content), orjson.loads(control.content)
+    assert len(control_body.pop("id")) == len(real_body.pop("id")) == 32
+    assert (
+        control_body
+        == real_body
+        == {
+            "webhook": "payments",
+            "event": "payments:event-10",
+            "status": "processed",
+        }
+    )
+
+
+async def test_essential_control_runs_the_handler() -> None:
+    seen = []
+
+    async def record(event: Any) -> None:
+        seen.append(event)
+
+    handler = http_apps.hooks.router.resolve("payments", "payments:event-10")[0]
+    object.__setattr__(handler, "func", record)  # a Handler is frozen
+    try:
+        response = await post(http_apps.essential)
+    finally:
+        object.__setattr__(handler, "func", http_apps.noop)
+    assert response.status_code == 200
+    assert [e.tag for e in seen] == ["payments:event-10"]
+    assert seen[0].payload == orjson.loads(http_apps.BODY)
+    assert seen[0].id == orjson.loads(response.content)["id"]
+
+
+async def test_busy_control_spins_then_answers_as_the_raw_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_apps, "SPIN", 0.002)
+    raw, busy = await post(http_apps.raw), await post(http_apps.busy)
+    assert raw.content == busy.content == b'{"status":"processed","event":"event-10"}'
+    assert busy.elapsed.total_seconds() >= 0.002
+
+
+def test_in_process_cost_is_per_request() -> None:
+    assert 0 < in_process_us(http_apps.raw, calls=200, repeats=1) < 1000
