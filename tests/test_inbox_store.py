@@ -66,7 +66,13 @@ def make_delivery(
         event=event,
         idempotency_key=key,
         body=body,
-        headers=(("content-type", "application/json"), ("x-sig", "abc"), ("x-sig", "def")),
+        # A repeated header, and a value with a byte over 0x7f (headers are latin-1).
+        headers=(
+            ("content-type", "application/json"),
+            ("x-sig", "abc"),
+            ("x-sig", "def"),
+            ("x-name", "caf\xe9"),
+        ),
         query="a=1&b=2",
         received_at=clock(),
         handlers=handlers,
@@ -169,7 +175,7 @@ async def test_claim_takes_the_oldest_due_first_up_to_the_limit(store, clock) ->
     assert [t.delivery_id for t in first] == ["d0", "d1"]
     assert all(t.attempt == 1 and t.series == 0 and t.handler == "h1" for t in first)
     assert first[0].body == b'{"n": 1}' and first[0].query == "a=1&b=2"
-    assert first[0].headers[1:] == (("x-sig", "abc"), ("x-sig", "def"))
+    assert first[0].headers[1:] == (("x-sig", "abc"), ("x-sig", "def"), ("x-name", "caf\xe9"))
     assert first[0].lease_token != first[1].lease_token
     assert [t.delivery_id for t in await store.claim("w", 10, 30)] == ["d2", "d3"]
     assert await store.claim("w", 10, 30) == []

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from dispatcher.errors import NotFoundError, ValidationError
 from dispatcher.inbox.base import (
@@ -350,7 +351,7 @@ class PostgresStore(InboxStore):
         result.update(
             idempotency_key=extra["idempotency_key"],
             series=extra["series"],
-            headers=[tuple(pair) for pair in json.loads(extra["headers"])],
+            headers=list(map(tuple, orjson.loads(extra["headers"]))),
             query=extra["query"],
             body=bytes(extra["body"]),
             tasks=[dict(t) for t in tasks],
@@ -481,7 +482,7 @@ def _claimed(row: Any) -> ClaimedTask:
         webhook=row["webhook"],
         event=row["event"],
         body=bytes(row["body"]),
-        headers=tuple((name, value) for name, value in json.loads(row["headers"])),
+        headers=tuple(map(tuple, orjson.loads(row["headers"]))),
         query=row["query"],
         received_at=row["received_at"],
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import re
 import sqlite3
 import time
@@ -281,7 +280,7 @@ class SQLiteStore(InboxStore):
             result.update(
                 idempotency_key=key,
                 series=series,
-                headers=[tuple(pair) for pair in json.loads(headers)],
+                headers=list(map(tuple, orjson.loads(headers))),
                 query=query,
                 body=bytes(body),
             )
@@ -357,7 +356,7 @@ def _claimed(row: Sequence[Any]) -> ClaimedTask:
         webhook=row[6],
         event=row[7],
         body=bytes(row[8]),
-        headers=tuple((name, value) for name, value in json.loads(row[9])),
+        headers=tuple(map(tuple, orjson.loads(row[9]))),
         query=row[10],
         received_at=row[11],
     )
