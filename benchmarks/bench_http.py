@@ -13,7 +13,10 @@ so a noisy moment on this shared machine hits every app alike.
 --controls adds two apps to the rounds, as ceilings for b/a on this machine: (e) the
 raw app plus a busy-wait as long as the dispatcher's own work over the raw app's,
 measured in-process at the start of the run, and (f) the dispatcher's essential work
-alone (http_apps.essential: headers, parse, match, Event, id, handler, answer).
+alone (http_apps.essential: headers, parse, match, Event, id, handler, answer). It also
+prints the in-process cost of (a), (f) and (b) with warm caches and with the caches swept
+before each call: under a server, the app's code and data are evicted between requests,
+and the swept figure is the closer one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ APPS = {
     "c": ("FastAPI endpoint", "benchmarks.http_apps:fastapi_app"),
     "d": ("Starlette route", "benchmarks.http_apps:starlette_app"),
 }
+SWEEP = 4 << 20  # bytes read between two timed calls: more than this machine's L2 cache
 CONTROLS = {
     "e": ("control: raw + busy-wait", "benchmarks.http_apps:busy"),
     "f": ("control: essential work", "benchmarks.http_apps:essential"),
@@ -129,9 +133,15 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
     }
 
 
-def in_process_us(app: Any, calls: int = 20_000, repeats: int = 7) -> float:
+def in_process_us(app: Any, calls: int = 20_000, repeats: int = 7, sweep: int = 0) -> float:
     """Microseconds per request of an ASGI app called directly (no server, no socket) with
-    the bench's request, on uvloop: the median of ``repeats`` timings of ``calls`` calls."""
+    the bench's request, on uvloop: the best of ``repeats`` timings of ``calls`` calls (the
+    others were disturbed by whatever else this shared machine ran).
+
+    With ``sweep`` (bytes), each call is timed alone after reading that much other memory,
+    so it starts with the CPU caches holding something else, as in a server, where the
+    HTTP stack and the kernel run between two requests; the median call counts.
+    """
     import uvloop
 
     scope = {
@@ -154,13 +164,21 @@ def in_process_us(app: Any, calls: int = 20_000, repeats: int = 7) -> float:
         for _ in range(calls // 10):  # warm up
             await app(scope, receive, send)
         runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+        if sweep:
+            other = bytearray(b"\2") * sweep  # written, so backed by real pages (not zero pages)
             for _ in range(calls):
+                other.find(1)  # reads all of it: nothing there
+                start = time.perf_counter()
                 await app(scope, receive, send)
-            runs.append((time.perf_counter() - start) / calls * 1e6)
+                runs.append((time.perf_counter() - start) * 1e6)
+        else:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await app(scope, receive, send)
+                runs.append((time.perf_counter() - start) / calls * 1e6)
         await http_apps.hooks.shutdown()
-        return statistics.median(runs)
+        return statistics.median(runs) if sweep else min(runs)
 
     return uvloop.run(timed())
 
@@ -177,10 +195,16 @@ def main() -> None:
     apps = dict(APPS)
     env: dict[str, str] = {}
     if args.controls:
-        raw_us, hooks_us = in_process_us(http_apps.raw), in_process_us(http_apps.hooks)
-        spin = max(0.0, hooks_us - raw_us)
-        print(f"in-process: raw {raw_us:.2f} us, dispatcher {hooks_us:.2f} us per request; "
-              f"(e) spins {spin:.2f} us")  # fmt: skip
+        print(f"in-process, us per request   {'warm':>6} {'caches swept':>13}")
+        warm = {}
+        for key, app in (("a", http_apps.raw), ("f", http_apps.essential), ("b", http_apps.hooks)):
+            warm[key] = in_process_us(app)
+            cold = in_process_us(app, calls=3000, sweep=SWEEP)
+            print(
+                f"({key}) {APPS.get(key, CONTROLS.get(key))[0]:24}{warm[key]:>6.2f} {cold:>13.2f}"
+            )
+        spin = max(0.0, warm["b"] - warm["a"])
+        print(f"(e) spins {spin:.2f} us: (b) - (a), warm")
         apps.update(CONTROLS)
         env = {"BENCH_SPIN_US": f"{spin:.3f}"}
     print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
