@@ -200,9 +200,8 @@ def main() -> None:
         for key, app in (("a", http_apps.raw), ("f", http_apps.essential), ("b", http_apps.hooks)):
             warm[key] = in_process_us(app)
             cold = in_process_us(app, calls=3000, sweep=SWEEP)
-            print(
-                f"({key}) {APPS.get(key, CONTROLS.get(key))[0]:24}{warm[key]:>6.2f} {cold:>13.2f}"
-            )
+            label = {**APPS, **CONTROLS}[key][0]
+            print(f"({key}) {label:24}{warm[key]:>6.2f} {cold:>13.2f}")
         spin = max(0.0, warm["b"] - warm["a"])
         print(f"(e) spins {spin:.2f} us: (b) - (a), warm")
         apps.update(CONTROLS)
