@@ -21,10 +21,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dispatcher import Dispatcher
+from dispatcher import Dispatcher, pipeline
 from dispatcher.event import Event
 from dispatcher.headers import Headers
-from dispatcher.pipeline import EMPTY_QUERY, new_id
 
 EVENTS = [f"event-{i}" for i in range(20)]
 BODY = orjson.dumps(
@@ -151,9 +150,10 @@ async def essential(scope, receive, send):  # type: ignore[no-untyped-def]
     body = message.get("body", b"")
     headers = Headers.from_asgi(scope["headers"])
     payload = orjson.loads(body)
-    event = hooks.catalog.indexes[webhook.tag].match(payload, headers, EMPTY_QUERY)
-    delivery = Event(
-        new_id(), webhook.tag, event.tag, event.name, payload, headers, EMPTY_QUERY, body,
+    query = pipeline.EMPTY_QUERY
+    event = hooks.catalog.indexes[webhook.tag].match(payload, headers, query)
+    delivery = Event(  # pipeline.new_id, looked up as the pipeline does: a fork rebinds it
+        pipeline.new_id(), webhook.tag, event.tag, event.name, payload, headers, query, body,
         time.time(),
     )  # fmt: skip
     for handler in hooks.router.resolve(webhook.tag, event.tag):
