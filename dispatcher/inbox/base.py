@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from dispatcher.errors import ValidationError
 from dispatcher.inbox.states import (  # noqa: F401 - part of this module's interface
     DELIVERY_STATUSES,
@@ -173,6 +175,17 @@ class InboxStore(abc.ABC):
 
 
 # -- helpers shared by the stores ---------------------------------------------------------
+
+
+def dump_headers(headers: Sequence[tuple[str, str]]) -> str:
+    """Headers as the SQL stores keep them: a JSON array of [name, value] pairs, in order
+    (repeats included)."""
+    return orjson.dumps(headers).decode()
+
+
+def load_headers(stored: str) -> tuple[tuple[str, str], ...]:
+    """Headers kept by ``dump_headers``, as (name, value) pairs again."""
+    return tuple(map(tuple, orjson.loads(stored)))
 
 
 def fresh_task(

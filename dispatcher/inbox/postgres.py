@@ -21,8 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from dispatcher.errors import NotFoundError, ValidationError
 from dispatcher.inbox.base import (
     LAPSED_ERROR,
@@ -36,6 +34,7 @@ from dispatcher.inbox.base import (
     check_replay_args,
     check_schema_version,
     empty_stats,
+    load_headers,
     replay_targets,
     unique_handlers,
     wait_for_work,
@@ -351,7 +350,7 @@ class PostgresStore(InboxStore):
         result.update(
             idempotency_key=extra["idempotency_key"],
             series=extra["series"],
-            headers=list(map(tuple, orjson.loads(extra["headers"]))),
+            headers=list(load_headers(extra["headers"])),
             query=extra["query"],
             body=bytes(extra["body"]),
             tasks=[dict(t) for t in tasks],
@@ -482,7 +481,7 @@ def _claimed(row: Any) -> ClaimedTask:
         webhook=row["webhook"],
         event=row["event"],
         body=bytes(row["body"]),
-        headers=tuple(map(tuple, orjson.loads(row["headers"]))),
+        headers=load_headers(row["headers"]),
         query=row["query"],
         received_at=row["received_at"],
     )

@@ -22,9 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-import orjson
-
-from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task
+from dispatcher.inbox.base import ClaimedTask, NewDelivery, dump_headers, fresh_task
 
 if TYPE_CHECKING:
     import asyncpg
@@ -250,7 +248,7 @@ class AddWriter:
             [d.event for d in rows],
             [d.idempotency_key for d in rows],
             [d.body for d in rows],
-            [orjson.dumps(d.headers).decode() for d in rows],
+            [dump_headers(d.headers) for d in rows],
             [d.query for d in rows],
             [d.received_at for d in rows],
             ["pending" if batch[i].handlers else "done" for i in order],

@@ -22,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from dispatcher.errors import ValidationError
 from dispatcher.inbox.base import (
     ClaimedTask,
@@ -34,8 +32,10 @@ from dispatcher.inbox.base import (
     check_list_args,
     check_purge_args,
     check_replay_args,
+    dump_headers,
     empty_stats,
     fresh_task,
+    load_headers,
     wait_for_work,
 )
 from dispatcher.inbox.sqlite_ops import MAX_CLAIM, filters
@@ -170,7 +170,7 @@ class SQLiteStore(InboxStore):
         d = delivery
         outcome, claimed, left_pending = await self._write_grouped("add_many", (
             d.id, d.webhook, d.event, d.idempotency_key, d.body,
-            orjson.dumps(d.headers).decode(), d.query, d.received_at, d.handlers,
+            dump_headers(d.headers), d.query, d.received_at, d.handlers,
             worker, lease, limit, self.clock(),
         ))  # fmt: skip
         if left_pending:
@@ -280,7 +280,7 @@ class SQLiteStore(InboxStore):
             result.update(
                 idempotency_key=key,
                 series=series,
-                headers=list(map(tuple, orjson.loads(headers))),
+                headers=list(load_headers(headers)),
                 query=query,
                 body=bytes(body),
             )
@@ -356,7 +356,7 @@ def _claimed(row: Sequence[Any]) -> ClaimedTask:
         webhook=row[6],
         event=row[7],
         body=bytes(row[8]),
-        headers=tuple(map(tuple, orjson.loads(row[9]))),
+        headers=load_headers(row[9]),
         query=row[10],
         received_at=row[11],
     )
