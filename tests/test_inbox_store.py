@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -572,21 +572,31 @@ async def test_sqlite_one_failing_op_does_not_fail_its_batch(
         assert await store.pending_count() == 21
 
 
+@contextlib.contextmanager
+def another_writer(path: Path) -> Iterator[None]:
+    """Another connection holds the inbox's write lock (as another process writing would)
+    until the block ends."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 async def test_sqlite_waits_for_another_writer_without_blocking_the_loop(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     clock = FakeClock()
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
-        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another process is writing
-        add = asyncio.ensure_future(store.add(make_delivery(clock, "waits")))
-        ticks = 0
-        for _ in range(20):  # the loop keeps running while the add waits for the lock
-            await asyncio.sleep(0.01)
-            ticks += 1
-        assert ticks == 20 and not add.done()
-        other.execute("COMMIT")
-        other.close()
+        with another_writer(tmp_path / "inbox.db"):
+            add = asyncio.ensure_future(store.add(make_delivery(clock, "waits")))
+            ticks = 0
+            for _ in range(20):  # the loop keeps running while the add waits for the lock
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not add.done()
         assert await asyncio.wait_for(add, 5) == "stored"
         assert (
             await store.add(make_delivery(clock, "after")) == "stored"
@@ -598,14 +608,11 @@ async def test_sqlite_gives_up_on_a_lock_held_past_the_busy_timeout(
 ) -> None:
     clock = FakeClock()
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock, busy_timeout=0.2) as store:
-        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
-                await store.add(make_delivery(clock, "refused"))
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
+        with (
+            another_writer(tmp_path / "inbox.db"),
+            pytest.raises(sqlite3.OperationalError, match="locked"),
+        ):
+            await store.add(make_delivery(clock, "refused"))
         assert await store.add(make_delivery(clock, "later")) == "stored"
         assert await store.get("refused") is None
 
@@ -686,16 +693,13 @@ async def test_sqlite_a_killed_writer_process_fails_its_writes_and_is_restarted(
     clock = FakeClock()
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
         assert await store.add(make_delivery(clock, "before")) == "stored"
-        other = sqlite3.connect(tmp_path / "inbox.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock...
-        waiting = asyncio.ensure_future(store.add(make_delivery(clock, "lost")))
-        await asyncio.sleep(0.2)
-        process = writer_process(store)
-        process.kill()  # ... and dies meanwhile
-        with pytest.raises(RuntimeError, match="writer process exited before answering"):
-            await asyncio.wait_for(waiting, 5)
-        other.execute("ROLLBACK")
-        other.close()
+        with another_writer(tmp_path / "inbox.db"):  # the writer waits for this lock...
+            waiting = asyncio.ensure_future(store.add(make_delivery(clock, "lost")))
+            await asyncio.sleep(0.2)
+            process = writer_process(store)
+            process.kill()  # ... and dies meanwhile
+            with pytest.raises(RuntimeError, match="writer process exited before answering"):
+                await asyncio.wait_for(waiting, 5)
         # The next write starts a new process; what was committed before is there.
         assert await store.add(make_delivery(clock, "after")) == "stored"
         assert writer_process(store).pid != process.pid
