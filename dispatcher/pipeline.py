@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("dispatcher")
 
+#: What ``Pipeline.admit`` hands to ``execute``: the Event, its handlers, its idempotency
+#: key. A plain tuple, as every delivery makes one.
+Admitted = tuple[Event, tuple["Handler", ...], "str | None"]
+
 EMPTY_QUERY = QueryParams("")
 
 
@@ -155,8 +159,26 @@ class Pipeline:
         query_string: str,
         received_at: datetime | None = None,
     ) -> DispatchResult:
-        """``deliver`` once the webhook is known and the body within the limit (the
-        receiver has checked both on its way)."""
+        """``deliver`` once the webhook is known and the body within the limit."""
+        admitted = self.admit(webhook, body, headers, query_string, received_at)
+        if admitted.__class__ is DispatchResult:
+            return admitted  # type: ignore[return-value]
+        return await self.execute(*admitted)  # type: ignore[misc]
+
+    def admit(
+        self,
+        webhook: Webhook,
+        body: bytes,
+        headers: Headers,
+        query_string: str,
+        received_at: datetime | None = None,
+    ) -> DispatchResult | Admitted:
+        """Everything before the handlers: verify, parse, key, match, the Event.
+
+        Gives the refusal as a DispatchResult, or the Event, its handlers and its
+        idempotency key for ``execute``. Apart from ``execute`` so that the receiver
+        can run the commonest delivery itself (see ``Receiver.__call__``).
+        """
         hooks = self.hooks
         if webhook.verify is not None:
             refused = self._verify(webhook, headers, body)
@@ -192,33 +214,27 @@ class Pipeline:
             new_id(), webhook.tag, tag, name, payload, headers, query, body,
             received_at or time.time(),
         )  # fmt: skip
-        handlers = hooks.router.resolve(webhook.tag, tag)
+        return delivery, hooks.router.resolve(webhook.tag, tag), key
+
+    async def execute(
+        self, delivery: Event, handlers: tuple[Handler, ...], key: str | None
+    ) -> DispatchResult:
+        """Run an admitted delivery's handlers (inline mode), or store it (queued mode)."""
+        hooks = self.hooks
         if hooks.inbox is not None:
             return await hooks.inbox.enqueue(delivery, handlers, key)
         if key is None:
-            if len(handlers) == 1 and handlers[0].is_async:
-                # The common case, run right here: _run_one's coroutine level costs a
-                # measurable share of a request.
-                handler = handlers[0]
-                start = time.perf_counter()
-                try:
-                    returned = await handler.func(delivery)
-                except Exception as error:
-                    outcome = await self._failed(handler, delivery, error, start)
-                else:
-                    outcome = self._succeeded(handler, delivery, returned, start)
-                return self._result(delivery, (outcome,))
             return await self.run(delivery, handlers)
         guard = hooks.idempotency
-        if not await guard.acquire(webhook.tag, key):
-            return DispatchResult("duplicate", 200, delivery.id, webhook.tag, tag)
+        if not await guard.acquire(delivery.webhook, key):
+            return DispatchResult("duplicate", 200, delivery.id, delivery.webhook, delivery.tag)
         succeeded = False
         try:
             result = await self.run(delivery, handlers)
             succeeded = result.ok
             return result
         finally:
-            guard.release(webhook.tag, key, succeeded)
+            guard.release(delivery.webhook, key, succeeded)
 
     def _verify(self, webhook: Webhook, headers: Headers, body: bytes) -> DispatchResult | None:
         from .signatures import SignatureError
@@ -257,6 +273,18 @@ class Pipeline:
         return self._result(
             event, tuple(await asyncio.gather(*(self._run_one(h, event) for h in handlers)))
         )
+
+    def handler_returned(
+        self, handler: Handler, event: Event, returned: Any, start: float
+    ) -> DispatchResult:
+        """The result of a delivery whose only handler, started at ``start``, returned."""
+        return self._result(event, (self._succeeded(handler, event, returned, start),))
+
+    async def handler_raised(
+        self, handler: Handler, event: Event, error: Exception, start: float
+    ) -> DispatchResult:
+        """The result of a delivery whose only handler, started at ``start``, raised."""
+        return self._result(event, (await self._failed(handler, event, error, start),))
 
     def _result(self, event: Event, outcomes: tuple[HandlerOutcome, ...]) -> DispatchResult:
         """Processed (or unmatched) if every handler succeeded; the first response returned

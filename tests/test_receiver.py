@@ -249,6 +249,80 @@ async def test_a_failed_handler_makes_it_500_even_if_another_set_a_response() ->
     assert response.status_code == 500
 
 
+async def test_a_trailing_slash_names_the_same_webhook() -> None:
+    hooks = make()
+    response = await post(hooks, "/payments/", json={"event": "paid"})
+    assert (response.status_code, response.json()["webhook"]) == (200, "payments")
+    assert (
+        (await post(hooks, "/paymnts/", json={}))
+        .json()["detail"]
+        .startswith("no webhook 'paymnts'")
+    )
+
+
+async def _raises(event: Event) -> None:
+    raise RuntimeError("boom")
+
+
+async def _returns_a_response(event: Event) -> Any:
+    return PlainTextResponse("custom", status_code=201)
+
+
+async def _returns_a_value(event: Event) -> Any:
+    return {"ignored": True}
+
+
+async def _returns_none(event: Event) -> None:
+    return None
+
+
+# Every kind of delivery, those the receiver runs itself (one async handler) and those it
+# hands to the pipeline: the HTTP answer must be the one dispatch() describes.
+ANSWER_KINDS = {
+    "one async handler": (("payments:paid", _returns_none),),
+    "returns a Response": (("payments:paid", _returns_a_response),),
+    "returns another value": (("payments:paid", _returns_a_value),),
+    "raises": (("payments:paid", _raises),),
+    "a plain function": (("payments:paid", lambda event: None),),
+    "two handlers": (("payments:paid", _returns_none), ("*", _returns_none)),
+    "no handler": (("payments:first", _returns_none),),
+    "unmatched": ((None, _returns_none),),
+}
+
+
+@pytest.mark.parametrize("kind", ANSWER_KINDS)
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_the_receiver_answers_as_dispatch_describes(kind: str, idempotent: bool) -> None:
+    hooks = make()
+    if idempotent:
+        hooks.webhooks.update("payments", idempotency_key="$Event{n}")
+    runs: list[str] = []
+    errors: list[BaseException] = []
+    hooks.on_error(lambda event, error: errors.append(error))
+    for tag, func in ANSWER_KINDS[kind]:
+
+        async def counted(event: Event, func: Any = func) -> Any:
+            runs.append(event.id)
+            returned = func(event)
+            return await returned if hasattr(returned, "__await__") else returned
+
+        handler = func if kind == "a plain function" else counted
+        (hooks.on_unmatched("payments", handler) if tag is None else hooks.on(tag, handler))
+    body = b'{"event": "other", "n": 1}' if kind == "unmatched" else b'{"event": "paid", "n": 1}'
+    response = await post(hooks, content=body)
+    result = await hooks.dispatch("payments", body.replace(b'"n": 1', b'"n": 2'))
+    if result.response is not None:
+        assert (response.status_code, response.text) == (result.response.status_code, "custom")
+    else:
+        assert response.status_code == result.http_status
+        answer, expected = response.json(), result.body()
+        assert answer.pop("id") and expected.pop("id")
+        assert answer == expected
+    assert len(errors) == (2 if kind == "raises" else 0)
+    handlers = len(ANSWER_KINDS[kind]) if kind not in ("no handler", "a plain function") else 0
+    assert len(runs) == 2 * handlers
+
+
 async def test_health() -> None:
     async with testing.client(make()) as client:
         response = await client.get("/_health")
@@ -332,3 +406,12 @@ async def test_mounted_in_fastapi_at_a_nested_prefix() -> None:
         assert response.json()["status"] == "processed"
         assert (await client.get("/api/hooks/payments")).status_code == 405
         assert (await client.get("/ping")).json() == {"pong": "yes"}
+
+
+def test_content_length_headers_are_kept_only_for_short_answers() -> None:
+    from dispatcher import receiver
+
+    assert receiver._length_header(97) == (b"content-length", b"97")
+    assert receiver._LENGTHS[97] == (b"content-length", b"97")
+    assert receiver._length_header(5000) == (b"content-length", b"5000")
+    assert 5000 not in receiver._LENGTHS
