@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import operator
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -96,18 +95,24 @@ def rejected(http_status: int, error: str, detail: str, **extra: Any) -> Dispatc
     return DispatchResult("rejected", http_status, error=error, detail=detail, **extra)
 
 
-def _id_source() -> Callable[[], str]:
+def _id_source(batch: int = 256) -> Callable[[], str]:
     """Delivery ids: a random per-process prefix and a counter (32 hex digits).
 
     Unique across processes and restarts like a uuid4, sortable within a
-    process, and a fraction of uuid4's cost: the returned function is a chain
-    of C calls (``map.__next__`` over a counter, ``hex``, a slice).
+    process, and a fraction of uuid4's cost. Made ``batch`` at a time in one
+    comprehension and handed out by C iterators (``chain.__next__`` over lists):
+    one id then costs a list step, where making it on the spot ran ``hex`` and a
+    slice through cold caches on every request (~0.2 us under load).
     """
     # The counter starts at a random 64-bit prefix (top bit set, so always 32 digits)
     # shifted over 64 zero bits, so one hex() writes prefix and count together; the
     # slice drops its "0x". (hex() is the cheapest int-to-hex there is: no format spec.)
     start = (int.from_bytes(os.urandom(8)) | 1 << 63) << 64
-    return map(operator.itemgetter(slice(2, None)), map(hex, itertools.count(start))).__next__
+
+    def ids(first: int) -> list[str]:
+        return [hex(n)[2:] for n in range(first, first + batch)]
+
+    return itertools.chain.from_iterable(map(ids, itertools.count(start, batch))).__next__
 
 
 def _fresh_ids_after_fork() -> None:

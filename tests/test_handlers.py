@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from datetime import UTC
 from typing import Any
@@ -16,6 +17,7 @@ from dispatcher import (
     HandlerRegistrationError,
     Router,
     ValidationError,
+    pipeline,
 )
 
 pytestmark = pytest.mark.anyio
@@ -104,6 +106,29 @@ async def test_event_fields() -> None:
     assert event.query["a"] == "1"
     assert event.received_at.tzinfo is UTC
     assert event.attempt == 1
+
+
+def test_delivery_ids_are_32_hex_digits_rising_across_batches() -> None:
+    new_id = pipeline._id_source(batch=4)
+    ids = [new_id() for _ in range(10)]  # across two batch boundaries
+    assert all(len(i) == 32 and int(i, 16) >= 1 << 127 for i in ids)
+    assert [int(i, 16) - int(ids[0], 16) for i in ids] == list(range(10))
+    assert pipeline._id_source()()[:16] != new_id()[:16]  # each source its own random prefix
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_process_makes_other_ids_than_its_parent() -> None:
+    pipeline.new_id()  # a batch made before the fork
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        os.write(write, pipeline.new_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    assert len(theirs) == 32 and theirs[:16] != pipeline.new_id()[:16]
 
 
 async def test_plain_functions_run_in_a_worker_thread() -> None:
