@@ -60,9 +60,6 @@ class Receiver:
                 await send_json(send, 503, {"error": "not_ready", "detail": failed})
                 return
         path = route_path(scope) if scope.get("root_path") else scope["path"]
-        if path.startswith("/_"):
-            await self.internal(path, scope, receive, send)
-            return
         start = time.perf_counter()
         tag = path[1:]
         # The webhook route, inline (each call level costs a measurable share):
@@ -70,9 +67,13 @@ class Receiver:
         # DispatchResult, or (the commonest delivery, below) nothing but `delivery`.
         result: DispatchResult | None = None
         webhook = self.catalog.webhooks.get(tag)
-        if webhook is None and tag.endswith("/"):  # POST /payments/ is POST /payments
-            tag = tag[:-1]
-            webhook = self.catalog.webhooks.get(tag)
+        if webhook is None:  # no webhook tag starts with "_", so the receiver's own routes
+            if path.startswith("/_"):  # are looked for only here, off the hot path
+                await self.internal(path, scope, receive, send)
+                return
+            if tag.endswith("/"):  # POST /payments/ is POST /payments
+                tag = tag[:-1]
+                webhook = self.catalog.webhooks.get(tag)
         if webhook is None:
             result = self.pipeline.unknown_webhook(tag)
         elif scope["method"] != "POST":
