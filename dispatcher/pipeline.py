@@ -1,8 +1,11 @@
 """One delivery: verify → parse → dedup → match → run handlers, or enqueue.
 
-No HTTP here: the ASGI receiver, ``Dispatcher.dispatch()`` and tests all call
-``Pipeline.deliver`` with bytes and headers and get a ``DispatchResult`` that
-says what happened and which HTTP answer it deserves.
+No HTTP here: ``Dispatcher.dispatch()`` and tests call ``Pipeline.deliver``
+with bytes and headers and get a ``DispatchResult`` that says what happened and
+which HTTP answer it deserves. ``deliver`` is two halves in a row: ``admit``
+(everything up to the Event) and ``execute`` (handlers, or the inbox). The ASGI
+receiver calls the halves itself, so that it can run the commonest delivery
+without a coroutine level or result objects.
 """
 
 from __future__ import annotations
@@ -154,17 +157,6 @@ class Pipeline:
             return self.unknown_webhook(webhook_tag)
         if len(body) > self.hooks.max_body_size:
             return self.too_large()
-        return await self.accept(webhook, body, headers, query_string, received_at)
-
-    async def accept(
-        self,
-        webhook: Webhook,
-        body: bytes,
-        headers: Headers,
-        query_string: str,
-        received_at: datetime | None = None,
-    ) -> DispatchResult:
-        """``deliver`` once the webhook is known and the body within the limit."""
         admitted = self.admit(webhook, body, headers, query_string, received_at)
         if admitted.__class__ is DispatchResult:
             return admitted  # type: ignore[return-value]
