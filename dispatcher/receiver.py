@@ -142,7 +142,7 @@ class Receiver:
             event = delivery.tag
             status = outcome = "processed" if event is not None else "unmatched"
             http_status, delivery_id, extra = 200, delivery.id, None
-            content = success_body(status, tag, event, delivery_id)
+            content: bytes | None = success_body(status, tag, event, delivery_id)
         else:
             tag = result.webhook or tag
             event, status, delivery_id = result.event, result.status, result.id
@@ -156,7 +156,7 @@ class Receiver:
             await send({"type": "http.response.start", "status": http_status, "headers": raw})
             await send({"type": "http.response.body", "body": content})
         else:  # a handler's own Response
-            await result.response(scope, receive, send)  # type: ignore[union-attr]
+            await result.response(scope, receive, send)  # type: ignore[union-attr, misc]
         took = time.perf_counter() - start
         self.metrics.delivery(tag, event, status, took)
         if logger.isEnabledFor(INFO):
