@@ -52,6 +52,8 @@ UNKNOWN_WEBHOOK = "_unknown"
 #: prometheus-client's default buckets (seconds); the +Inf bucket is implicit.
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)  # fmt: skip
 
+FIRST_BOUND = BUCKETS[0]
+
 DELIVERIES = ("dispatcher_deliveries", "Requests to webhook routes, by webhook, event and outcome.")
 DURATION = ("dispatcher_handler_duration_seconds", "Handler run time, by event tag.")
 FAILURES = ("dispatcher_handler_failures", "Handler runs that raised, by event tag.")
@@ -110,7 +112,10 @@ class PrometheusMetrics(Metrics):
             histogram = self.durations[event]
         except KeyError:
             histogram = self.durations[event] = [0.0] * (len(BUCKETS) + 2)
-        histogram[bisect_left(BUCKETS, duration)] += 1  # bisect_left: a bucket is "<= bound"
+        # bisect_left: a bucket is "<= bound". Most handlers take less than the first
+        # bound, which a comparison finds for a third of bisect's cost; 1.0, not 1, so the
+        # float add takes no int conversion.
+        histogram[0 if duration <= FIRST_BOUND else bisect_left(BUCKETS, duration)] += 1.0
         histogram[-1] += duration
         if failed:
             self.failures[event] = self.failures.get(event, 0) + 1

@@ -104,13 +104,17 @@ async def test_handler_durations_and_failures_by_event() -> None:
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
     metrics = PrometheusMetrics(make())
-    for seconds in (0.005, 0.006, 0.3, 99.0):  # 0.005 is in the le="0.005" bucket
+    # 0.005 is in the le="0.005" bucket; 0.0001, the usual no-op handler, takes the
+    # first-bucket shortcut, 0.006 and the rest the bisection
+    for seconds in (0.0001, 0.005, 0.006, 0.3, 99.0):
         metrics.handler_ran("payments:refund", seconds, failed=False)
     family = next(f for f in metrics.registry.collect() if f.name.endswith("duration_seconds"))
     buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
     assert len(buckets) == len(BUCKETS) + 1
-    assert buckets["0.005"] == 1 and buckets["0.01"] == 2 and buckets["0.5"] == 3
-    assert buckets["10.0"] == 3 and buckets["+Inf"] == 4
+    assert buckets["0.005"] == 2 and buckets["0.01"] == 3 and buckets["0.5"] == 4
+    assert buckets["10.0"] == 4 and buckets["+Inf"] == 5
+    total = next(s.value for s in family.samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(0.0001 + 0.005 + 0.006 + 0.3 + 99.0)
 
 
 @pytest.mark.anyio
