@@ -138,6 +138,16 @@ async def test_a_delivery_without_handlers_is_done_at_once(store, clock) -> None
     assert await store.idle()
 
 
+async def test_idle_only_once_no_task_is_pending_or_leased(store, clock) -> None:
+    assert await store.idle()
+    await store.add(make_delivery(clock, "d1", handlers=("h1",)))
+    assert not await store.idle()  # pending
+    (task,) = await store.claim("w", 10, 30)
+    assert not await store.idle()  # leased
+    assert await store.complete(task)
+    assert await store.idle()
+
+
 async def test_duplicates_are_per_webhook_and_key(store, clock) -> None:
     assert await store.add(make_delivery(clock, "a", key="k")) == "stored"
     assert await store.add(make_delivery(clock, "b", key="k")) == "duplicate"

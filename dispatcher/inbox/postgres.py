@@ -287,6 +287,14 @@ class PostgresStore(InboxStore):
             )
         )
 
+    async def idle(self) -> bool:
+        # Whether any task is open, not how many (see SQLiteStore.idle).
+        return not await self.pool.fetchval(
+            self._sql(
+                "SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE status IN ('pending', 'leased'))"
+            )
+        )
+
     # -- operator reads and actions ----------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
