@@ -243,6 +243,19 @@ async def test_first_runs_reuse_the_stored_event_and_retries_read_the_store(
     assert seen == [(1, original, "t1", "a", "q=1"), (2, original, "t1", "a", "q=1")]
 
 
+def test_a_rebuilt_event_reads_its_stored_query() -> None:
+    from dispatcher.inbox.base import ClaimedTask
+    from dispatcher.queued import query_of
+
+    def task(query: str) -> ClaimedTask:
+        return ClaimedTask(1, "d1", "h", 2, 0, "t", "w", "w:a", b"{}", (), query, 0.0)
+
+    empty = query_of(task(""))
+    assert len(empty) == 0 and str(empty) == "" and empty.get("q") is None
+    repeated = query_of(task("q=1&q=2&x=%20y"))
+    assert repeated.getlist("q") == ["1", "2"] and repeated["x"] == " y"
+
+
 async def test_events_kept_for_first_runs_are_bounded(tmp_path: Path, monkeypatch: Any) -> None:
     # Deliveries whose tasks another process runs must not pile up here.
     from dispatcher import queued
