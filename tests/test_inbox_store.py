@@ -550,6 +550,36 @@ async def test_sqlite_uses_wal_and_full_sync(tmp_path: Path, anyio_backend: str)
         SQLiteStore(tmp_path / "x.db", synchronous="sometimes")
 
 
+def test_only_batches_that_must_survive_a_power_loss_wait_for_an_fsync() -> None:
+    from dispatcher.inbox.sqlite_ops import sync_level
+
+    def finish(status: str) -> tuple[int, str, bool, tuple[object, ...]]:
+        return (1, "finish_many", True, (7, "tok", 0, 1, "d1", status, None, None, 0.0))
+
+    claim, renew, add = (2, "claim", False, ()), (3, "renew", False, ()), (4, "add_many", True, ())
+    # a power loss that takes these back only makes a task run again
+    for relaxed in ([claim], [renew], [finish("done")], [finish("pending"), claim, renew]):
+        assert sync_level(relaxed, "FULL") == "NORMAL"
+        assert sync_level(relaxed, "EXTRA") == "NORMAL"
+    # acknowledged deliveries, deaths (on_error hears once) and operators' actions: fsync
+    for strict in ([add], [claim, add], [finish("done"), finish("dead")], [(5, "replay", False, ())],
+                   [(6, "purge_chunk", False, ())], [(7, "migrate", False, ())]):  # fmt: skip
+        assert sync_level(strict, "FULL") == "FULL"
+        assert sync_level(strict, "EXTRA") == "EXTRA"
+    assert sync_level([claim], "NORMAL") == sync_level([add], "NORMAL") == "NORMAL"
+
+
+async def test_a_batch_after_relaxed_ones_commits_with_full_sync_again(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    clock = FakeClock(time.time())
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        await store.add(make_delivery(clock, "d1", handlers=("h1",)))
+        (task,) = await store.claim("w", 10, 30)  # a batch committed with NORMAL
+        assert await store.complete(task)  # and another
+        assert await store.pragma("synchronous") == 2  # FULL again for what needs it
+
+
 async def test_sqlite_group_commits_concurrent_writes(tmp_path: Path, anyio_backend: str) -> None:
     clock = FakeClock()
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:

@@ -4,7 +4,9 @@ Durability: ``synchronous=FULL`` fsyncs the WAL on every commit, so an acknowled
 delivery survives a process crash and a power loss. Every write goes to one writer
 process (sqlite_writer.py, sqlite_process.py), which commits whatever was queued
 meanwhile in one transaction: one fsync per batch, and each caller is answered only
-after its batch committed. The writes themselves are in sqlite_ops.py.
+after its batch committed. A batch of only claims, renewals and done or retry outcomes
+commits without its fsync: losing it to a power loss only runs a task again
+(``sqlite_ops.needs_sync``). The writes themselves are in sqlite_ops.py.
 
 Reads (next_due, stats, list, get) use a second connection on a reader thread: WAL
 readers see the last commit and never block the writer.

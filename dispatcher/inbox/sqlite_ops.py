@@ -365,6 +365,35 @@ GROUPED: dict[str, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = {
 }
 
 
+def sync_level(ops: list[tuple[int, str, bool, Any]], configured: str) -> str:
+    """The ``synchronous`` setting a batch commits with: the store's, except that FULL
+    (or EXTRA) becomes NORMAL, no fsync in WAL mode, for a batch that does not need it."""
+    if configured in ("FULL", "EXTRA") and not needs_sync(ops):
+        return "NORMAL"
+    return configured
+
+
+def needs_sync(ops: list[tuple[int, str, bool, Any]]) -> bool:
+    """Whether a batch must be on disk before it is answered (fsync at COMMIT).
+
+    Acknowledged deliveries must (``add_many``), and so must operators' actions and dead
+    tasks (``on_error`` hears of a death once). Claims, lease renewals and "done" or
+    "retry later" outcomes need not: a power loss that takes them back only makes a task
+    run again, which at-least-once delivery allows; SQLite serves one machine, so its
+    workers went down with it. In WAL mode a commit without its own fsync becomes durable
+    with the next one that has it (that fsync covers the whole log, in commit order), and
+    a process crash loses neither kind. A 1-worker drain is a claim and its outcomes per
+    transaction, each of which waited for an fsync.
+    """
+    for _, name, _, arg in ops:
+        if name in ("claim", "renew"):
+            continue
+        if name == "finish_many" and arg[5] in ("done", "pending"):
+            continue
+        return True
+    return False
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 

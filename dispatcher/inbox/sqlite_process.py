@@ -106,6 +106,7 @@ def main(path: str, synchronous: str, busy_ms: int, batch_size: int) -> None:
     threading.Thread(target=_read_frames, args=(frames,), daemon=True).start()
     commits = 0
     closing = False
+    level = synchronous = synchronous.upper()  # what connect() set
     while not closing:
         ops = frames.get()
         if ops is None:
@@ -119,6 +120,10 @@ def main(path: str, synchronous: str, busy_ms: int, batch_size: int) -> None:
                 closing = True
                 break
             ops.extend(more)
+        wanted = sqlite_ops.sync_level(ops, synchronous)  # FULL only where it is needed
+        if wanted != level:  # set outside a transaction, where it takes effect
+            conn.execute(f"PRAGMA synchronous = {wanted}")
+            level = wanted
         answers, committed = run_batch(conn, ops, sqlite_ops.OPS, sqlite_ops.GROUPED)
         commits += committed
         write_frame(out, (commits, answers))
