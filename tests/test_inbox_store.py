@@ -1049,9 +1049,11 @@ async def test_postgres_outcomes_of_sibling_tasks_from_two_workers_leave_the_rig
         await outcome.start()
         (row,) = await other.fetch(
             pg._sql(FINISH_BATCH), [a.task_id], [a.lease_token], ["done"], [None], [None],
-            [a.series], [a.attempt], [T0], ["d1"], pg.channel,
+            [a.series], [a.attempt], [T0], ["d1"], pg.channel, True,
         )  # fmt: skip
         assert row["finished"] == [a.task_id]
+        # a batch of done outcomes commits without waiting for the WAL flush
+        assert await other.fetchval("SHOW synchronous_commit") == "off"
         finishing = asyncio.ensure_future(pg.complete(b))
         await asyncio.sleep(0.3)
         assert not finishing.done()  # it waits for the other worker to commit ...
@@ -1060,6 +1062,37 @@ async def test_postgres_outcomes_of_sibling_tasks_from_two_workers_leave_the_rig
     finally:
         await other.close()
     assert (await pg.get("d1"))["status"] == "done"
+
+
+async def test_postgres_outcome_batches_wait_for_the_wal_flush_unless_all_may_rerun(
+    pg: Any, clock: FakeClock, postgres_url: str
+) -> None:
+    import asyncpg
+
+    from dispatcher.inbox.postgres_sql import FINISH_BATCH
+    from dispatcher.inbox.postgres_writer import Outcome, OutcomeWriter
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        default = await conn.fetchval("SHOW synchronous_commit")
+        # done and "retry later" may be lost to a server crash (the task runs again); a
+        # death may not: on_error hears of it once
+        for n, (statuses, expected) in enumerate(
+            ((["done", "pending"], "off"), (["done", "dead"], default))
+        ):
+            await pg.add(make_delivery(clock, f"d{n}", handlers=("a", "b")))
+            tasks = await pg.claim("w", 2, 30)
+            later = {"pending": T0 + 3600}  # a retry, not due during the test
+            batch = [
+                Outcome(t, s, "e", later.get(s), T0) for t, s in zip(tasks, statuses, strict=True)
+            ]
+            record = OutcomeWriter(conn, pg._sql(FINISH_BATCH), pg.channel)  # type: ignore[arg-type]
+            async with conn.transaction():  # to read the setting the batch's commit uses
+                assert await record(batch) == [True, True]
+                assert await conn.fetchval("SHOW synchronous_commit") == expected
+            assert [t["status"] for t in (await pg.get(f"d{n}"))["tasks"]] == statuses
+    finally:
+        await conn.close()
 
 
 async def test_postgres_hot_statements_use_indexes_even_when_planned_on_small_tables(
@@ -1074,7 +1107,7 @@ async def test_postgres_hot_statements_use_indexes_even_when_planned_on_small_ta
         "a": (ADD_BATCH, "'{x}','{w}','{e}','{k}','{}','{[]}','{q}','{1}','{pending}',"
                          "'{x}','{h}','{1}','{t}','{w}','{31}','c'"),
         "c": (CLAIM, "1.0, 4, 30.0, 'w', 'e'"),
-        "f": (FINISH_BATCH, "'{1}','{t}','{done}','{NULL}','{NULL}','{0}','{1}','{1}','{d0}','c'"),
+        "f": (FINISH_BATCH, "'{1}','{t}','{done}','{NULL}','{NULL}','{0}','{1}','{1}','{d0}','c',false"),
     }  # fmt: skip
     async with pg.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")

@@ -170,7 +170,8 @@ WITH outcome AS (
 )
 SELECT array(SELECT id FROM finished) AS finished,
     (SELECT count(*) FROM (SELECT pg_notify($10, '') FROM finished
-        WHERE status = 'pending' LIMIT 1) AS n) AS notified
+        WHERE status = 'pending' LIMIT 1) AS n) AS notified,
+    CASE WHEN $11 THEN set_config('synchronous_commit', 'off', true) END AS relaxed
 """
 
 # One statement, so one round trip and one commit per claim. The locking CTEs return the

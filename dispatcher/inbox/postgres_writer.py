@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 I = TypeVar("I")  # noqa: E741 - the item a caller queues
 R = TypeVar("R")  # its result
 
+#: Outcomes whose loss in a server crash only makes a task run again (at-least-once):
+#: a batch of only these commits with synchronous_commit off, without waiting for the
+#: WAL flush; the next flushed commit makes it durable too. Deaths keep the flush
+#: (on_error hears of one once). Claims and renewals keep it as well: unlike SQLite's
+#: one machine, workers elsewhere outlive a server crash, and a lease taken back
+#: would let a second worker run a task the first still runs.
+RELAXED = frozenset({"done", "pending"})
+
 #: ``flush(items)`` writes ``items`` in one transaction and returns one entry per item: its
 #: result, or the exception that item alone failed with (the rest of the batch committed).
 Flush = Callable[[list[I]], Awaitable[Sequence[R | Exception]]]
@@ -296,6 +304,7 @@ class OutcomeWriter:
             [o.now for o in batch],
             sorted({o.task.delivery_id for o in batch}),  # the lock order: see FINISH_BATCH
             self._channel,
+            all(o.status in RELAXED for o in batch),
         )
         # Not finished: fenced, the lease lapsed and someone else holds the task now.
         finished = set(result["finished"])
