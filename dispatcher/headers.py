@@ -49,10 +49,7 @@ class Headers(Mapping[str, str]):
             pairs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw]
         except (UnicodeEncodeError, AttributeError):  # not what raw gives: the general path
             return cls(raw)
-        self = cls.__new__(cls)
-        self._asgi = pairs
-        self._by_name = _index(pairs)
-        return self
+        return cls.from_asgi(pairs)
 
     def value(self, name: bytes) -> bytes | None:
         """The raw value of a lower-case header name, undecoded (the receiver's own lookups)."""

@@ -240,8 +240,8 @@ class QueuedMode:
             event = self.rebuilt_event(task)
         except Exception:  # the body no longer parses: report with what we have
             event = Event(
-                task.delivery_id, task.webhook, task.event, None, None, Headers(task.headers),
-                query_of(task), task.body, task.received_at,
+                task.delivery_id, task.webhook, task.event, None, None,
+                Headers.from_raw(task.headers), query_of(task), task.body, task.received_at,
                 task.attempt, task.series,
             )  # fmt: skip
         logger.error(
