@@ -23,20 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from dispatcher.inbox.base import ClaimedTask, NewDelivery, dump_headers, fresh_task
+from dispatcher.inbox.states import RERUNNABLE_OUTCOMES
 
 if TYPE_CHECKING:
     import asyncpg
 
 I = TypeVar("I")  # noqa: E741 - the item a caller queues
 R = TypeVar("R")  # its result
-
-#: Outcomes whose loss in a server crash only makes a task run again (at-least-once):
-#: a batch of only these commits with synchronous_commit off, without waiting for the
-#: WAL flush; the next flushed commit makes it durable too. Deaths keep the flush
-#: (on_error hears of one once). Claims and renewals keep it as well: unlike SQLite's
-#: one machine, workers elsewhere outlive a server crash, and a lease taken back
-#: would let a second worker run a task the first still runs.
-RELAXED = frozenset({"done", "pending"})
 
 #: ``flush(items)`` writes ``items`` in one transaction and returns one entry per item: its
 #: result, or the exception that item alone failed with (the rest of the batch committed).
@@ -304,7 +297,11 @@ class OutcomeWriter:
             [o.now for o in batch],
             sorted({o.task.delivery_id for o in batch}),  # the lock order: see FINISH_BATCH
             self._channel,
-            all(o.status in RELAXED for o in batch),
+            # A batch of only RERUNNABLE_OUTCOMES commits with synchronous_commit off: the
+            # next flushed commit makes it durable too. Claims and renewals keep the flush:
+            # unlike SQLite's one machine, workers elsewhere outlive a server crash, and a
+            # lease taken back would let a second worker run a task the first still runs.
+            all(o.status in RERUNNABLE_OUTCOMES for o in batch),
         )
         # Not finished: fenced, the lease lapsed and someone else holds the task now.
         finished = set(result["finished"])

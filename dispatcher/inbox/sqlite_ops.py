@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from dispatcher.errors import NotFoundError
 from dispatcher.inbox.states import (
     LAPSED_ERROR,
+    RERUNNABLE_OUTCOMES,
     check_schema_version,
     replay_targets,
     unique_handlers,
@@ -388,7 +389,7 @@ def needs_sync(ops: list[tuple[int, str, bool, Any]]) -> bool:
     for _, name, _, arg in ops:
         if name in ("claim", "renew"):
             continue
-        if name == "finish_many" and arg[5] in ("done", "pending"):
+        if name == "finish_many" and arg[5] in RERUNNABLE_OUTCOMES:
             continue
         return True
     return False

@@ -14,6 +14,12 @@ TASK_STATUSES = ("pending", "leased", "done", "dead")
 DELIVERY_STATUSES = ("pending", "done", "dead")
 TERMINAL_STATUSES = ("done", "dead")
 
+#: Task outcomes whose loss in a crash of the machine or database server only makes the
+#: task run again, which at-least-once delivery allows: a store may commit a batch of
+#: only these without waiting for it to reach the disk. A death is not one of them:
+#: ``on_error`` hears of each once.
+RERUNNABLE_OUTCOMES = frozenset({"done", "pending"})
+
 #: Written on an attempt whose worker lost its lease before finishing (found at reclaim).
 LAPSED_ERROR = "lease lapsed before the attempt finished (worker died or was too slow)"
 
