@@ -15,7 +15,8 @@ waiting in the inbox (the figure is req/s under that backlog).
 
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
-over the time until the inbox is idle.
+over the time until the inbox is idle. The drains and the fresh part run on the
+event loop that ``dispatcher worker`` and ``serve`` run on (uvloop).
 
 Fresh part: 32 concurrent producers, each storing deliveries one after another
 and running their task at once, as a receiver with in-process workers does:
@@ -35,8 +36,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,9 +47,18 @@ from benchmarks.bench_http import measure, post_script  # noqa: E402
 from benchmarks.http_apps import BODY  # noqa: E402
 from dispatcher.inbox import InboxStore, NewDelivery, open_inbox  # noqa: E402
 from dispatcher.retry import Retry  # noqa: E402
+from dispatcher.server import event_loop_factory  # noqa: E402
 from dispatcher.worker import Worker  # noqa: E402
 
 POSTGRES = os.environ.get("DISPATCHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+T = TypeVar("T")
+
+
+def on_worker_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the event loop a worker process runs on (``dispatcher worker``)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def postgres_up() -> bool:
@@ -179,7 +190,7 @@ def drain_part(count: int) -> None:
         for workers in (1, 4):
             url = make_url()
             try:
-                rate = asyncio.run(drain(url, workers, count))
+                rate = on_worker_loop(drain(url, workers, count))
             finally:
                 if name == "PostgreSQL":
                     asyncio.run(drop_schema(url))
@@ -238,7 +249,7 @@ def fresh_part(count: int, rounds: int) -> None:
                 url = make_url()
                 try:
                     rates[claimed_as_stored].append(
-                        asyncio.run(fresh(url, count, claimed_as_stored))
+                        on_worker_loop(fresh(url, count, claimed_as_stored))
                     )
                 finally:
                     if name == "PostgreSQL":

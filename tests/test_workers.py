@@ -1,7 +1,9 @@
-"""Several worker processes on one PostgreSQL inbox share the work, and never run a task twice at once."""
+"""Worker processes: several on one PostgreSQL inbox share the work, and never run a task twice
+at once; each runs on uvloop and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -9,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import orjson
 
 from .processes import ROOT, drop_inbox_schema, free_port, start, wait_healthy
 from .test_crash import wait_idle
@@ -55,3 +58,46 @@ def test_two_worker_processes_share_a_postgres_inbox(postgres_url: str, tmp_path
     assert ends == starts
     pids = {pid for _, _, pid in lines}
     assert len(pids) == 2  # both workers took a share
+
+
+async def _store_deliveries(url: str, count: int) -> None:
+    """Store ``count`` deliveries of load:item as a receive-only serve would."""
+    from dispatcher import Dispatcher
+
+    from . import overlap_handlers
+
+    hooks = Dispatcher(inbox=url, concurrency=0)
+    hooks.load_catalog(CATALOG)
+    hooks.include(overlap_handlers.router)
+    await hooks.startup()
+    try:
+        for n in range(count):
+            result = await hooks.dispatch("load", orjson.dumps({"kind": "item", "n": n}))
+            assert result.status == "queued", result
+    finally:
+        await hooks.shutdown()
+
+
+def test_a_worker_process_runs_on_uvloop_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    # `dispatcher worker` runs on the same event loop as `serve` (uvloop): a worker's time
+    # goes mostly to the loop's machinery.
+    url = f"sqlite:///{tmp_path / 'inbox.db'}"
+    out = tmp_path / "runs.txt"
+    log = tmp_path / "log"
+    asyncio.run(_store_deliveries(url, 3))
+    worker = start(
+        "worker", CATALOG, "--handlers", "tests.overlap_handlers", "--inbox", url,
+        "--log-level", "info", env={"OVERLAP_OUT": str(out)}, log=log,
+    )  # fmt: skip
+    try:
+        stats = wait_idle(url, timeout=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=20)
+    text = log.read_text()
+    assert "running 4 at a time on uvloop" in text, text
+    assert code == 0, text
+    assert stats["tasks"]["done"] == 3, stats
+    assert sorted(line.split()[1] for line in out.read_text().splitlines() if "end" in line) == [
+        "0", "1", "2",
+    ]  # fmt: skip
