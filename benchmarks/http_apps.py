@@ -134,7 +134,7 @@ ESSENTIAL_ANSWER = (
 
 
 async def essential(scope, receive, send):  # type: ignore[no-untyped-def]
-    """The dispatcher's own parts, only those no receiver can skip: index the headers,
+    """The dispatcher's own parts, only those no receiver can skip: wrap the headers,
     parse, match, make the Event and its id, run the handler, answer from a template.
 
     Everything else the receiver does is left out: path, method, size, content-type and

@@ -1,9 +1,11 @@
 """Request headers: case-insensitive and read-only.
 
-Built from an ASGI scope, nothing is decoded up front: the header list becomes
-a dict keyed by the raw (lower-case) name bytes in one C-level call, and a
-name or value is decoded only when someone reads it. Decoding every header of
-every request was the largest single cost of the receiver's hot path.
+Built from an ASGI scope, nothing is decoded or indexed up front: the header
+list is kept as it is, becomes a dict keyed by the raw (lower-case) name bytes
+(one C-level call) on the first lookup by name that needs one, and a name or
+value is decoded only when someone reads it. Decoding every header of every
+request was the largest single cost of the receiver's hot path; indexing every
+name, for the one header the receiver itself reads, cost more than a scan.
 
 A header sent several times keeps every value in ``raw`` and reads as the
 values joined with ", " (RFC 9110 5.3).
@@ -18,7 +20,7 @@ _ABSENT: Any = object()
 
 
 class Headers(Mapping[str, str]):
-    __slots__ = ("_asgi", "_by_name")
+    __slots__ = ("_asgi", "_indexed")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None = None) -> None:
         if items is None:
@@ -30,15 +32,17 @@ class Headers(Mapping[str, str]):
         else:
             pairs = [(_bytes(k).lower(), _bytes(v)) for k, v in items]
         self._asgi = pairs
-        self._by_name = _index(pairs)
+        self._indexed: dict[bytes, bytes] | None = _index(pairs)
 
     @classmethod
     def from_asgi(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
-        """Wrap an ASGI scope's header list (names already lower-case)."""
+        """Wrap an ASGI scope's header list (names already lower-case), as it is: indexed
+        by name only on the first lookup that needs it. The receiver itself reads one
+        header (``value``), and indexing every name for that one cost more (hashing
+        each new bytes name) than scanning the list."""
         self = cls.__new__(cls)
         self._asgi = raw
-        by_name = dict(raw)  # _index, inlined: every request makes one
-        self._by_name = by_name if len(by_name) == len(raw) else _index(raw)
+        self._indexed = None
         return self
 
     @classmethod
@@ -51,9 +55,26 @@ class Headers(Mapping[str, str]):
             return cls(raw)
         return cls.from_asgi(pairs)
 
+    @property
+    def _by_name(self) -> dict[bytes, bytes]:
+        indexed = self._indexed
+        if indexed is None:
+            indexed = self._indexed = _index(self._asgi)
+        return indexed
+
     def value(self, name: bytes) -> bytes | None:
-        """The raw value of a lower-case header name, undecoded (the receiver's own lookups)."""
-        return self._by_name.get(name)
+        """The raw value of a lower-case header name, undecoded (the receiver's own lookups);
+        before the headers are indexed, found by a scan."""
+        indexed = self._indexed
+        if indexed is not None:
+            return indexed.get(name)
+        found = None
+        for key, value in self._asgi:
+            if key == name:
+                if found is not None:  # sent more than once: the values joined, as indexed
+                    return self._by_name.get(name)
+                found = value
+        return found
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self._by_name.get(name.lower().encode("latin-1"))
