@@ -9,8 +9,8 @@ limit enforced from Content-Length and again while streaming. Everything else
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -60,7 +60,7 @@ class Receiver:
                 await send_json(send, 503, {"error": "not_ready", "detail": failed})
                 return
         path = route_path(scope) if scope.get("root_path") else scope["path"]
-        start = time.perf_counter()
+        start = perf_counter()
         tag = path[1:]
         # The webhook route, inline (each call level costs a measurable share):
         # path and method (404, 405), size (413), then the pipeline. It leaves a
@@ -123,7 +123,7 @@ class Receiver:
                             # when the handler returns None: the coroutine level and the
                             # result objects this skips cost ~1 us of a ~6 us request.
                             handler = handlers[0]
-                            began = time.perf_counter()
+                            began = perf_counter()
                             try:
                                 returned = await handler.func(delivery)
                             except Exception as error:
@@ -132,7 +132,7 @@ class Receiver:
                                 )
                             else:
                                 if returned is None:  # Pipeline._succeeded's bookkeeping
-                                    took = time.perf_counter() - began
+                                    took = perf_counter() - began
                                     self.metrics.handler_ran(delivery.tag, took, False)
                                 else:
                                     result = pipeline.handler_returned(
@@ -157,7 +157,7 @@ class Receiver:
             await send({"type": "http.response.body", "body": content})
         else:  # a handler's own Response
             await result.response(scope, receive, send)  # type: ignore[union-attr, misc]
-        took = time.perf_counter() - start
+        took = perf_counter() - start
         self.metrics.delivery(tag, event, status, took)
         if logger.isEnabledFor(INFO):
             log_delivery(tag, event, outcome, http_status, took, delivery_id)
