@@ -70,15 +70,21 @@ def wait_for(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start(app: str, port: int, extra: list[str] | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-    command = [
+def uvicorn_command(app: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """How every benchmark runs an app: uvicorn, 1 worker, uvloop, httptools, no access log."""
+    return [
         sys.executable, "-m", "uvicorn", app, "--port", str(port), "--workers", "1",
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
         *(extra or []),
     ]  # fmt: skip
+
+
+def start(app: str, port: int, extra: list[str] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     proc = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        uvicorn_command(app, port, extra),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
     wait_for(port)
     return proc

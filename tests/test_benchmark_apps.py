@@ -3,6 +3,7 @@ bench_http.py prints compare like with like (the controls included)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -79,3 +80,20 @@ def test_in_process_cost_with_caches_swept_pays_for_the_sweep_outside_the_timing
     # 64 MiB read before each call takes milliseconds: were it timed, the median would show it.
     cold = in_process_us(http_apps.raw, calls=20, sweep=64 << 20)
     assert 0 < cold < 1000
+
+
+def test_instruction_bench_reads_answers_split_or_run_together() -> None:
+    # bench_instructions divides a count by the requests it drove: each answer must be
+    # read whole, however the bytes arrive, and an error answer must stop the count.
+    from benchmarks.bench_instructions import read_answer
+
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(answer[10:] + answer)  # the first answer's end, then a second whole
+        rest = read_answer(right, answer[:10])  # its start already read
+        assert rest == answer  # the second answer, read along with the first, is kept
+        assert read_answer(right, rest) == b""
+        left.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+        with pytest.raises(RuntimeError, match="404"):
+            read_answer(right, b"")
