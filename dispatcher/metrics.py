@@ -20,6 +20,12 @@ class Metrics:
     def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
         pass
 
+    def processed(self, webhook: str, event: str, handler_duration: float, duration: float) -> None:
+        """The commonest delivery in one call: a matched event whose one handler succeeded,
+        answered 200 "processed". Records what ``handler_ran`` and ``delivery`` would."""
+        self.handler_ran(event, handler_duration, False)
+        self.delivery(webhook, event, "processed", duration)
+
     def signature_failed(self, webhook: str, reason: str) -> None:
         pass
 

@@ -53,6 +53,9 @@ UNKNOWN_WEBHOOK = "_unknown"
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)  # fmt: skip
 
 FIRST_BOUND = BUCKETS[0]
+#: A histogram list: a count per bucket and +Inf, the sum, then the deliveries ``processed``
+#: counted (PrometheusMetrics.processed).
+HISTOGRAM_SIZE = len(BUCKETS) + 3
 
 DELIVERIES = ("dispatcher_deliveries", "Requests to webhook routes, by webhook, event and outcome.")
 DURATION = ("dispatcher_handler_duration_seconds", "Handler run time, by event tag.")
@@ -83,8 +86,9 @@ class PrometheusMetrics(Metrics):
         # Nested dicts, not tuple keys: no tuple to build and hash on every call (half the
         # cost). Keys hold the raw event (None when unmatched); labels are made at scrape.
         self.deliveries: dict[str, dict[str | None, dict[str, int]]] = {}
-        # Per event: bucket counts (len(BUCKETS) + 1 for +Inf), then the sum as the last item:
-        # one list, so an observation is two item updates and no attribute lookups.
+        # Per event: bucket counts (len(BUCKETS) + 1 for +Inf), the sum, then the deliveries
+        # counted by ``processed``: one list, so an observation is a few item updates and no
+        # attribute lookups, and the commonest delivery is counted with a single dict lookup.
         self.durations: dict[str | None, list[float]] = {}
         self.failures: dict[str | None, int] = {}
         self.signature_failures: dict[str, dict[str, int]] = {}
@@ -111,14 +115,27 @@ class PrometheusMetrics(Metrics):
         try:
             histogram = self.durations[event]
         except KeyError:
-            histogram = self.durations[event] = [0.0] * (len(BUCKETS) + 2)
+            histogram = self.durations[event] = [0.0] * HISTOGRAM_SIZE
         # bisect_left: a bucket is "<= bound". Most handlers take less than the first
         # bound, which a comparison finds for a third of bisect's cost; 1.0, not 1, so the
         # float add takes no int conversion.
         histogram[0 if duration <= FIRST_BOUND else bisect_left(BUCKETS, duration)] += 1.0
-        histogram[-1] += duration
+        histogram[-2] += duration  # the sum
         if failed:
             self.failures[event] = self.failures.get(event, 0) + 1
+
+    def processed(self, webhook: str, event: str, handler_duration: float, duration: float) -> None:
+        # handler_ran and delivery in one, on the event's histogram: one dict lookup where
+        # they take four (an event tag names its webhook, so the scrape finds the delivery's
+        # labels again). About 1k of the two calls' 3.4k instructions per request fewer.
+        try:
+            histogram = self.durations[event]
+        except KeyError:
+            histogram = self.durations[event] = [0.0] * HISTOGRAM_SIZE
+        bucket = 0 if handler_duration <= FIRST_BOUND else bisect_left(BUCKETS, handler_duration)
+        histogram[bucket] += 1.0
+        histogram[-2] += handler_duration  # the sum
+        histogram[-1] += 1.0  # processed deliveries
 
     def signature_failed(self, webhook: str, reason: str) -> None:
         by_reason = self.signature_failures.setdefault(webhook, {})
@@ -155,15 +172,17 @@ class _CountsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         m = self.metrics
+        histograms = sorted(m.durations.copy().items(), key=_unmatched_first)
+        # Snapshots: each list's buckets, sum and processed count from the same moment.
+        snapshots = [(event, list(counts)) for event, counts in histograms]
         deliveries = CounterMetricFamily(*DELIVERIES, labels=("webhook", "event", "status"))
-        for webhook, event, status, count in _flatten(m.deliveries):
+        for webhook, event, status, count in _delivery_rows(m.deliveries, snapshots):
             deliveries.add_metric((webhook, event or "", status), count)
         yield deliveries
 
         durations = HistogramMetricFamily(*DURATION, labels=("event",))
-        for event, histogram in sorted(m.durations.copy().items(), key=_unmatched_first):
-            counts = list(histogram)  # a snapshot: buckets and sum from the same moment
-            durations.add_metric((event or "",), cumulative(counts), counts[-1])
+        for event, counts in snapshots:
+            durations.add_metric((event or "",), cumulative(counts), counts[-2])
         yield durations
 
         failures = CounterMetricFamily(*FAILURES, labels=("event",))
@@ -175,6 +194,23 @@ class _CountsCollector(Collector):
         for webhook, reason, count in _flatten(m.signature_failures):
             signatures.add_metric((webhook, reason), count)
         yield signatures
+
+
+def _delivery_rows(
+    tree: dict[str, Any], histograms: list[tuple[str | None, list[float]]]
+) -> list[tuple[Any, ...]]:
+    """(webhook, event, status, count) rows: the counts ``delivery`` kept, plus the processed
+    deliveries ``processed`` kept on each event's histogram (its webhook: the tag's head)."""
+    counts = {row[:-1]: row[-1] for row in _flatten(tree)}
+    for event, histogram in histograms:
+        if event is not None and histogram[-1]:
+            key = (event.partition(":")[0], event, "processed")
+            counts[key] = counts.get(key, 0) + int(histogram[-1])
+    return sorted(((*key, count) for key, count in counts.items()), key=_row_order)
+
+
+def _row_order(row: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple("" if part is None else part for part in row[:-1])
 
 
 def _flatten(tree: dict[Any, Any]) -> list[tuple[Any, ...]]:
@@ -189,7 +225,7 @@ def _flatten(tree: dict[Any, Any]) -> list[tuple[Any, ...]]:
             rows.extend((key, *row) for row in _flatten(value))
         else:
             rows.append((key, value))
-    return sorted(rows, key=lambda row: tuple("" if part is None else part for part in row[:-1]))
+    return sorted(rows, key=_row_order)
 
 
 def cumulative(counts: list[float]) -> list[tuple[str, float]]:
@@ -288,6 +324,10 @@ class MultiProcessMetrics(PrometheusMetrics):
         if known:  # unknown tags are never cached: the cache must stay bounded too
             self._delivery_children[key] = child
         return child
+
+    # Through delivery and handler_ran above: the one-process shortcut counts in dicts
+    # that no scrape reads in this mode.
+    processed = Metrics.processed
 
     def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
         child = self._duration_children.get(event)

@@ -123,6 +123,7 @@ class Receiver:
                             # when the handler returns None: the coroutine level and the
                             # result objects this skips cost ~1 us of a ~6 us request.
                             handler = handlers[0]
+                            handler_took = 0.0
                             began = perf_counter()
                             try:
                                 returned = await handler.func(delivery)
@@ -131,9 +132,8 @@ class Receiver:
                                     handler, delivery, error, began
                                 )
                             else:
-                                if returned is None:  # Pipeline._succeeded's bookkeeping
-                                    took = perf_counter() - began
-                                    self.metrics.handler_ran(delivery.tag, took, False)
+                                if returned is None:  # counted with the delivery, below
+                                    handler_took = perf_counter() - began
                                 else:
                                     result = pipeline.handler_returned(
                                         handler, delivery, returned, began
@@ -158,7 +158,12 @@ class Receiver:
         else:  # a handler's own Response
             await result.response(scope, receive, send)  # type: ignore[union-attr, misc]
         took = perf_counter() - start
-        self.metrics.delivery(tag, event, status, took)
+        if result is None and event is not None:  # the commonest: one call counts it all
+            self.metrics.processed(tag, event, handler_took, took)
+        else:
+            if result is None:  # an unmatched payload's on_unmatched handler ran
+                self.metrics.handler_ran(None, handler_took, False)
+            self.metrics.delivery(tag, event, status, took)
         if logger.isEnabledFor(INFO):
             log_delivery(tag, event, outcome, http_status, took, delivery_id)
 

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import Response
 
 from dispatcher import Dispatcher, Retry, testing
 from dispatcher.errors import ValidationError
@@ -100,6 +101,47 @@ async def test_handler_durations_and_failures_by_event() -> None:
     failures = "dispatcher_handler_failures_total"
     assert value(found, failures, event="payments:refund") == 1
     assert value(found, failures, event="payments:new-transaction") is None
+
+
+@pytest.mark.anyio
+async def test_processed_deliveries_add_up_whichever_path_counted_them() -> None:
+    # The receiver counts its commonest delivery (one handler, returned None) with one
+    # `processed` call on the event's histogram; others (a handler's own Response here)
+    # through `delivery`. A scrape adds both up under the same labels.
+    hooks = Dispatcher.from_catalog(CATALOG)
+
+    @hooks.on("payments:new-transaction")
+    async def paid(event: Any) -> Response | None:
+        return Response("ack") if event.payload.get("ack") else None
+
+    async with testing.client(hooks) as http:
+        for body in ({"event": "new-transaction"}, {"event": "new-transaction", "ack": True}) * 2:
+            assert (await http.post("/payments", json=body)).status_code == 200
+        await http.post("/payments", json={"event": "new-transaction"})
+        found = await scrape(http)
+    assert value(found, "dispatcher_deliveries_total", webhook="payments",
+                 event="payments:new-transaction", status="processed") == 5  # fmt: skip
+    assert value(found, "dispatcher_handler_duration_seconds_count",
+                 event="payments:new-transaction") == 5  # fmt: skip
+    fast = hooks.metrics.durations["payments:new-transaction"][-1]  # type: ignore[attr-defined]
+    assert fast == 3  # the three that returned None took the one-call way
+
+
+def test_a_metrics_class_of_its_own_hears_of_processed_deliveries_through_both_methods() -> None:
+    heard: list[tuple[Any, ...]] = []
+
+    class Recording(Metrics):
+        def delivery(self, webhook: str, event: str | None, status: str, duration: float) -> None:
+            heard.append(("delivery", webhook, event, status, duration))
+
+        def handler_ran(self, event: str | None, duration: float, failed: bool) -> None:
+            heard.append(("handler_ran", event, duration, failed))
+
+    Recording().processed("payments", "payments:refund", 0.25, 0.5)
+    assert heard == [
+        ("handler_ran", "payments:refund", 0.25, False),
+        ("delivery", "payments", "payments:refund", "processed", 0.5),
+    ]
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
