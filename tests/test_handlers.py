@@ -109,10 +109,11 @@ async def test_event_fields() -> None:
 
 
 def test_delivery_ids_are_32_hex_digits_rising_across_batches() -> None:
-    new_id = pipeline._id_source(batch=4)
-    ids = [new_id() for _ in range(10)]  # across two batch boundaries
+    new_id = pipeline._id_source(digits=1)  # batches of 16
+    ids = [new_id() for _ in range(40)]  # across two batch boundaries
     assert all(len(i) == 32 and int(i, 16) >= 1 << 127 for i in ids)
-    assert [int(i, 16) - int(ids[0], 16) for i in ids] == list(range(10))
+    assert [int(i, 16) - int(ids[0], 16) for i in ids] == list(range(40))
+    assert ids[0].endswith("0") and ids == sorted(ids)
     assert pipeline._id_source()()[:16] != new_id()[:16]  # each source its own random prefix
 
 
