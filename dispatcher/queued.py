@@ -143,14 +143,12 @@ class QueuedMode:
         worker = self.worker
         reserved = worker.reserve(len(handlers)) if worker is not None and handlers else 0
         claimed: list[ClaimedTask] = []
+        if reserved and worker is not None:
+            name, lease = worker.name, worker.lease
+        else:  # add_and_claim with a limit of 0 is add, without add's own coroutine level
+            name, lease = "", 0.0
         try:
-            if reserved:
-                assert worker is not None
-                outcome, claimed = await self.store.add_and_claim(
-                    delivery, worker.name, worker.lease, reserved
-                )
-            else:
-                outcome = await self.store.add(delivery)
+            outcome, claimed = await self.store.add_and_claim(delivery, name, lease, reserved)
         except Exception as error:
             logger.error("inbox: could not store delivery %s: %r", event.id, error)
             return rejected(

@@ -110,12 +110,9 @@ class Receiver:
                         result = admitted  # type: ignore[assignment]
                     else:
                         delivery, handlers, key = admitted  # type: ignore[misc]
-                        if (
-                            len(handlers) != 1
-                            or key is not None
-                            or self.inbox is not None
-                            or not handlers[0].is_async
-                        ):
+                        if self.inbox is not None:  # pipeline.execute's first step, inline
+                            result = await self.inbox.enqueue(delivery, handlers, key)
+                        elif len(handlers) != 1 or key is not None or not handlers[0].is_async:
                             result = await pipeline.execute(delivery, handlers, key)
                         else:
                             # The commonest delivery: one async handler, inline. Run here,

@@ -70,8 +70,10 @@ class GroupCommit(Generic[I, R]):
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def submit(self, item: I) -> R:
-        """Queue ``item``; return its result once the transaction holding it committed."""
+    def submit(self, item: I) -> asyncio.Future[R]:
+        """Queue ``item``; its future has the result once the transaction holding it
+        committed. The future itself, not a coroutine awaiting it: a coroutine level costs
+        every delivery ~1.5k instructions on its way in and out."""
         if asyncio.get_running_loop() is not self._loop:
             # The flusher and the pool's connections live on the loop that opened the store.
             raise RuntimeError(
@@ -84,7 +86,7 @@ class GroupCommit(Generic[I, R]):
         self._queue.append((item, future))
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._run(), name=self._name)
-        return await future
+        return future
 
     async def close(self) -> None:
         """Refuse new items and wait until everything queued has been flushed."""
