@@ -28,7 +28,7 @@ from .bodies import BodyError, body_kind, json_problem, parse_body
 from .errors import closest
 from .event import Event
 from .extractors import MISSING, compile_selector
-from .headers import Headers
+from .headers import JSON_CONTENT_TYPE, Headers
 from .selectors import parse_selector
 
 if TYPE_CHECKING:
@@ -184,7 +184,13 @@ class Pipeline:
             refused = self._verify(webhook, headers, body)
             if refused is not None:
                 return refused
-        content_type = headers.value(b"content-type")
+        # The common declaration, found by one C-level scan of the raw header pairs (a
+        # request declaring it twice with another type is read as JSON too); anything
+        # else, or no Content-Type at all, by a lookup of its value.
+        if JSON_CONTENT_TYPE in headers._asgi:
+            content_type = b"application/json"
+        else:
+            content_type = headers.value(b"content-type")
         try:
             if content_type is None or content_type == b"application/json":
                 payload = orjson.loads(body)  # the common case, without the general path's calls
@@ -214,7 +220,11 @@ class Pipeline:
             new_id(), webhook.tag, tag, name, payload, headers, query, body,
             received_at or time.time(),
         )  # fmt: skip
-        return delivery, hooks.router.resolve(webhook.tag, tag), key
+        router = hooks.router  # resolve()'s cache, read here: a call less per delivery
+        handlers = router.resolved.get(tag or webhook.tag)
+        if handlers is None:
+            handlers = router.resolve(webhook.tag, tag)
+        return delivery, handlers, key
 
     async def execute(
         self, delivery: Event, handlers: tuple[Handler, ...], key: str | None

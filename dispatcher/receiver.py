@@ -139,7 +139,10 @@ class Receiver:
             event = delivery.tag
             status = outcome = "processed" if event is not None else "unmatched"
             http_status, delivery_id, extra = 200, delivery.id, None
-            content: bytes | None = success_body(status, tag, event, delivery_id)
+            try:  # success_body, inline
+                content: bytes | None = _ANSWERS[status][event or tag] % delivery_id.encode()
+            except KeyError:
+                content = success_body(status, tag, event, delivery_id)
         else:
             tag = result.webhook or tag
             event, status, delivery_id = result.event, result.status, result.id

@@ -69,8 +69,9 @@ class Router:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}  # pattern → handlers, registration order
         self.error_handlers: list[Callable[..., Any]] = []
-        # Keyed by event tag, or by webhook tag for unmatched payloads (no ':', so no clash).
-        self._resolved: dict[str, tuple[Handler, ...]] = {}
+        # resolve()'s answers, keyed by event tag, or by webhook tag for unmatched payloads
+        # (no ':', so no clash). Public: the pipeline reads it first, a call less per delivery.
+        self.resolved: dict[str, tuple[Handler, ...]] = {}
         self._by_key: dict[str, Handler] = {}
 
     # --- registration --------------------------------------------------------------------------
@@ -136,21 +137,21 @@ class Router:
             return  # the same function twice for one pattern runs once
         registered.append(handler)
         self._by_key[handler.key] = handler
-        self._resolved.clear()
+        self.resolved.clear()
 
     # --- resolution ----------------------------------------------------------------------------
 
     def resolve(self, webhook: str, tag: str | None) -> tuple[Handler, ...]:
         """The handlers for an event (or, with tag None, for an unmatched payload), in order."""
         cache_key = tag or webhook  # an event tag names its webhook: no tuple to build
-        found = self._resolved.get(cache_key)
+        found = self.resolved.get(cache_key)
         if found is None:
             get = self.handlers.get
             if tag is None:
                 found = (*get(UNMATCHED + webhook, ()), *get(UNMATCHED + "*", ()))
             else:
                 found = (*get(tag, ()), *get(webhook + ":*", ()), *get("*", ()))
-            self._resolved[cache_key] = found
+            self.resolved[cache_key] = found
         return found
 
     def by_key(self, key: str) -> Handler | None:

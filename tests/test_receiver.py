@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -180,6 +181,32 @@ async def test_unsupported_content_type_is_415_and_missing_is_json() -> None:
         headers={"content-type": "application/cloudevents+json"},
     )
     assert response.json()["event"] == "payments:paid"
+
+
+async def test_json_is_recognised_however_it_is_declared() -> None:
+    hooks = make()
+    for declared in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+        response = await post(
+            hooks, content=b'{"event": "paid"}', headers={"content-type": declared}
+        )
+        assert response.json()["event"] == "payments:paid", declared
+    # Declared twice, once as JSON: read as JSON (the receiver looks for the JSON pair
+    # first), where joining the two values would have made it a 415.
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"event": "paid"}', "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"text/plain"), (b"content-type", b"application/json")]
+    scope = {"type": "http", "method": "POST", "path": "/payments", "root_path": "",
+             "query_string": b"", "headers": headers}  # fmt: skip
+    await hooks.startup()
+    await hooks(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"])["event"] == "payments:paid"
 
 
 async def test_checks_run_in_order() -> None:
