@@ -248,7 +248,9 @@ MUTATION = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, 10_000)),
     st.tuples(st.just("header"), st.integers(0, 10_000)),
     st.tuples(st.just("drop"), st.integers(0, 10_000)),
-    st.tuples(st.just("time"), st.sampled_from([-10_000, -301, 301, 10_000])),
+    # Just outside the 300 s tolerance, with a margin: Stripe and Slack sign whole seconds,
+    # so ±301 left under a second between the truncated timestamp and a slow first call.
+    st.tuples(st.just("time"), st.sampled_from([-10_000, -310, 310, 10_000])),
 )
 
 
