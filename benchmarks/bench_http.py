@@ -17,13 +17,21 @@ alone (http_apps.essential: headers, parse, match, Event, id, handler, answer). 
 prints the in-process cost of (a), (f) and (b) with warm caches and with the caches swept
 before each call: under a server, the app's code and data are evicted between requests,
 and the swept figure is the closer one.
+
+Beside req/s and latency, each app's row gives the server process's CPU time per
+request (user and system, from /proc) and how often wrk slept per 1,000 requests:
+under a saturating load the first is the whole cost of a request, and the second shows
+the closed loop at work (the slower the server, the more often wrk waits, and every
+wake-up is an interrupt the server's write pays for).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -90,16 +98,47 @@ def start(app: str, port: int, extra: list[str] | None = None,
     return proc
 
 
-def wrk(url: str, duration: float, script: Path, connections: int = 32) -> dict[str, float]:
+def wrk(url: str, duration: float, script: Path, connections: int = 32,
+        server: int | None = None) -> dict[str, float]:  # fmt: skip
+    """One wrk run: req/s, p50 and p99 (ms); with ``server`` (the app's pid), also that
+    process's CPU per request (``cpu``, µs: user and system time over the run) and how
+    often wrk went to sleep per 1,000 requests (``wakes``: its voluntary context
+    switches), the two figures that say where a req/s difference went."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
+    cpu_before = process_cpu_seconds(server) if server else math.nan
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = process_cpu_seconds(server) - cpu_before if server else math.nan
+    # wrk is the only child that ends during the run, so the children's count is its own
+    sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - children
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if non2xx:
         raise RuntimeError(f"{url}: {non2xx.group(1)} error answers\n{out}")
-    return {"rps": rps, "p50": latency(out, "50%"), "p99": latency(out, "99%")}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": rps, "p50": latency(out, "50%"), "p99": latency(out, "99%"),
+        "cpu": cpu / requests * 1e6 if requests else math.nan,
+        "wakes": sleeps / requests * 1000 if requests else math.nan,
+    }  # fmt: skip
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process, from ``/proc`` (NaN elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    return cpu_seconds_of_stat(stat)
+
+
+def cpu_seconds_of_stat(stat: str) -> float:
+    """utime + stime of a ``/proc/PID/stat`` line (fields 14 and 15; the command name, in
+    parentheses, may itself hold spaces and parentheses, so count from its end)."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latency(out: str, label: str) -> float:
@@ -117,10 +156,14 @@ def post_script(body: bytes, content_type: str = "application/json") -> Path:
     return script
 
 
+METRICS = ("rps", "p50", "p99", "cpu", "wakes")
+
+
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
             script: Path, warmup: float = 1.0,
             setup: Any = None) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Median req/s, p50 and p99 per app. ``setup(key)`` gives (uvicorn args, env) per run."""
+    """Median req/s, p50, p99, server CPU per request and wrk's sleeps per app (see
+    ``wrk``). ``setup(key)`` gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
@@ -129,12 +172,13 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
             proc = start(app, port, extra, env)
             try:
                 wrk(f"http://127.0.0.1:{port}{path}", warmup, script)
-                runs[key].append(wrk(f"http://127.0.0.1:{port}{path}", duration, script))
+                url = f"http://127.0.0.1:{port}{path}"
+                runs[key].append(wrk(url, duration, script, server=proc.pid))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
     return {
-        key: {m: statistics.median(r[m] for r in results) for m in ("rps", "p50", "p99")}
+        key: {m: statistics.median(r[m] for r in results) for m in METRICS}
         for key, results in runs.items()
     }
 
@@ -215,10 +259,12 @@ def main() -> None:
     print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
     result = measure(apps, args.rounds, args.duration, "/payments", post_script(BODY),
                      setup=lambda key: ([], env))  # fmt: skip
-    print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'wakes':>7}")
     for key, (label, _) in apps.items():
         r = result[key]
-        print(f"({key}) {label:26}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+        print(f"({key}) {label:26}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+              f"{r['cpu']:>8.1f}{r['wakes']:>7.0f}")  # fmt: skip
+    print("cpu us: the server process's CPU per request; wakes: wrk's sleeps per 1,000")
     rps = {key: r["rps"] for key, r in result.items()}
     print(f"b/a = {rps['b'] / rps['a']:.2f}  (target >= 0.85)")
     print(f"b/c = {rps['b'] / rps['c']:.2f}  (target >= 2.5)")

@@ -117,14 +117,17 @@ def http_part(rounds: int, duration: int) -> None:
             asyncio.run(drop_schema(url))
         shutil.rmtree(tmp, ignore_errors=True)
     inline = result["inline"]["rps"]
-    print(f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x inline':>10}{'run':>7}")
+    print(
+        f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'x inline':>10}{'run':>7}"
+    )
     for key, (label, _) in apps.items():
         r = result[key]
         ran = f"{finished[key]:>6.0%}" if key in finished else ""
         print(
-            f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+            f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['cpu']:>8.1f}"
             f"{r['rps'] / inline:>10.2f} {ran}"
         )
+    print("cpu us: the receiver process's CPU per request (the SQLite writer process not counted)")
     print("run: share of the stored tasks the in-process workers had finished at the end")
     print("targets: queued SQLite >= 0.6x inline, queued PostgreSQL >= 0.4x inline")
 

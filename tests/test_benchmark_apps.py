@@ -97,3 +97,18 @@ def test_instruction_bench_reads_answers_split_or_run_together() -> None:
         left.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
         with pytest.raises(RuntimeError, match="404"):
             read_answer(right, b"")
+
+
+def test_cpu_seconds_are_read_past_a_command_name_with_spaces_and_parentheses() -> None:
+    import os
+
+    from benchmarks.bench_http import cpu_seconds_of_stat, process_cpu_seconds
+
+    tick = os.sysconf("SC_CLK_TCK")
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    # utime stime ...: fields 14 and 15
+    stat = "4242 (py thon (x)) R 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100 0 0\n"
+    assert cpu_seconds_of_stat(stat) == 300 / tick
+    # and a live process: this one has used some CPU, and no more than its whole life
+    own = process_cpu_seconds(os.getpid())
+    assert 0 < own <= sum(os.times()[:2]) + 1 / tick
