@@ -171,8 +171,8 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
             extra, env = setup(key) if setup else ([], {})
             proc = start(app, port, extra, env)
             try:
-                wrk(f"http://127.0.0.1:{port}{path}", warmup, script)
                 url = f"http://127.0.0.1:{port}{path}"
+                wrk(url, warmup, script)
                 runs[key].append(wrk(url, duration, script, server=proc.pid))
             finally:
                 proc.terminate()

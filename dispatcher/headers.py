@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 _ABSENT: Any = object()
-#: The Content-Type pair of nearly every webhook request, as ASGI servers give it.
+#: The Content-Type pair of nearly every webhook request, as ASGI servers give it (and of
+#: every answer the receiver sends itself).
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 

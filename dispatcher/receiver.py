@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .headers import Headers
+from .headers import JSON_CONTENT_TYPE, Headers
 from .pipeline import DispatchResult, rejected
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("dispatcher")
 INFO = logging.INFO
-JSON_HEADER = (b"content-type", b"application/json")
 
 
 def route_path(scope: Scope) -> str:
@@ -150,7 +149,7 @@ class Receiver:
             content = answer_body(result) if result.response is None else None
         if content is not None:  # send_json, inline: this is every delivery's answer
             length = len(content)
-            raw = [JSON_HEADER, _LENGTHS.get(length) or _length_header(length)]
+            raw = [JSON_CONTENT_TYPE, _LENGTHS.get(length) or _length_header(length)]
             if extra:
                 raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
             await send({"type": "http.response.start", "status": http_status, "headers": raw})
@@ -287,7 +286,7 @@ async def send_json(
     send: Send, status: int, body: Any, headers: dict[str, str] | None = None
 ) -> None:
     content = orjson.dumps(body)
-    raw = [JSON_HEADER, (b"content-length", str(len(content)).encode())]
+    raw = [JSON_CONTENT_TYPE, (b"content-length", str(len(content)).encode())]
     if headers:
         raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
     await send({"type": "http.response.start", "status": status, "headers": raw})
