@@ -596,6 +596,34 @@ async def test_sqlite_group_commits_concurrent_writes(tmp_path: Path, anyio_back
         assert store.commits - sequential == 2  # an idle writer commits at once
 
 
+async def test_sqlite_sends_a_full_frame_before_the_loop_turn_ends(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests started in one loop turn: the process gets their writes FRAME_OPS at a
+    # time while the turn goes on (and commits them meanwhile), the rest at its end.
+    from dispatcher.inbox import sqlite_writer
+
+    clock = FakeClock()
+    frames: list[int] = []
+    send = sqlite_writer.Writer._send
+
+    def recording_send(writer: Any, ops: list[Any]) -> None:
+        frames.append(len(ops))
+        send(writer, ops)
+
+    full = sqlite_writer.FRAME_OPS
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        monkeypatch.setattr(sqlite_writer.Writer, "_send", recording_send)
+        adds = [
+            asyncio.ensure_future(store.add(make_delivery(clock, f"d{i}")))
+            for i in range(2 * full + 3)
+        ]
+        await asyncio.sleep(0)  # one loop turn: every add ran up to its write
+        assert frames == [full, full]  # sent during the turn
+        assert await asyncio.gather(*adds) == ["stored"] * (2 * full + 3)
+        assert frames == [full, full, 3]  # the rest went at the end of the turn
+
+
 async def test_sqlite_one_failing_op_does_not_fail_its_batch(
     tmp_path: Path, anyio_backend: str
 ) -> None:

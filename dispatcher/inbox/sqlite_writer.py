@@ -37,6 +37,14 @@ from dispatcher.inbox.sqlite_process import LENGTH, read_frame, write_frame
 
 _PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 
+#: Operations that go to the process as soon as this many are queued, without waiting
+#: for the end of the loop turn. Keep-alive clients answered together send their next
+#: requests together, and one loop turn starts them all: sent only at the turn's end,
+#: the process idled while the receiver parsed the whole wave, then the receiver idled
+#: while the process committed it (traced: the process idle 40% of the time). A frame
+#: of 16 lets the process commit one part while the receiver parses the next.
+FRAME_OPS = 16
+
 # A caller's loop, its future, and which process got the operation (0: not sent yet).
 _Waiting = list[Any]
 
@@ -107,9 +115,12 @@ class Writer:
             self._ids += 1
             self._outbox.append((self._ids, name, grouped, arg))
             self._waiting[self._ids] = [loop, future, 0]
+            full = len(self._outbox) >= FRAME_OPS
             flush_here = loop not in self._flushing
             if flush_here:
                 self._flushing.add(loop)
+        if full:  # now: the process commits these while the rest of this turn is made
+            self._flush(loop, turn_ended=False)
         if flush_here:  # soon, not now: what else this loop turn submits joins the frame
             loop.call_soon(self._flush, loop)
         return future
@@ -125,10 +136,12 @@ class Writer:
         self._home = (threading.get_ident(), loop)
         return loop
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Send what is queued (from every loop) to the process as one frame."""
+    def _flush(self, loop: asyncio.AbstractEventLoop, turn_ended: bool = True) -> None:
+        """Send what is queued (from every loop) to the process as one frame; at the end
+        of ``loop``'s turn, or before it when a frame is full."""
         with self._lock:
-            self._flushing.discard(loop)
+            if turn_ended:
+                self._flushing.discard(loop)
             ops, self._outbox = self._outbox, []
             # A caller that gave up (cancelled) before its operation left is skipped: a
             # delivery whose request was cancelled was never acknowledged, so not stored.
