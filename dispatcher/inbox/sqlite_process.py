@@ -7,12 +7,12 @@ receiver on another core, and the receiver only encodes each write (``marshal``)
 reads the answers back.
 
 What it does. It reads frames of operations from stdin (each frame: the operations a
-receiver queued during one turn of its event loop), takes every frame that has
-arrived, up to ``batch_size`` operations, and runs them as one transaction: one
-``COMMIT``, one fsync of the WAL. Then it writes one answer frame with a result per
-operation. An operation is answered only after the transaction holding it committed,
-so acknowledged means durable. If one operation fails, the batch runs again with each
-operation in a savepoint of its own, so only that one fails.
+receiver queued during one turn of its event loop, at most ``sqlite_writer.FRAME_OPS``),
+takes every frame that has arrived, up to ``batch_size`` operations, and runs them as
+one transaction: one ``COMMIT``, one fsync of the WAL. Then it writes one answer frame
+with a result per operation. An operation is answered only after the transaction
+holding it committed, so acknowledged means durable. If one operation fails, the batch
+runs again with each operation in a savepoint of its own, so only that one fails.
 
 Its life. It ignores SIGINT and SIGTERM (a terminal's Ctrl-C or a supervisor's TERM
 reach the whole process group, and the receiver must still be able to write during its

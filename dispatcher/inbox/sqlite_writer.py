@@ -7,7 +7,8 @@ operation committed.
 
 Here, ``submit`` queues an operation (a name from sqlite_ops.py and plain arguments)
 and returns a future. The operations queued during one turn of a caller's event loop
-go to the process as one frame. The answers are read on the event loop that writes
+go to the process as one frame, sent at the end of the turn or as soon as it holds
+``FRAME_OPS`` operations. The answers are read on the event loop that writes
 (``_Answers``): a reader thread cost a GIL hand-over and a cross-thread wake-up per
 answer frame, about a sixth of a queued request's time on the loop. A store may still
 be used from several event loops: when one loop stops, the next one to write reads the
