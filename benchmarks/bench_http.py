@@ -8,7 +8,9 @@ Needs wrk (Debian: apt-get install wrk). Each app runs under uvicorn (1 worker,
 uvloop, httptools, access log off); wrk drives it with 1 thread and 32
 connections, POSTing the same ~400-byte JSON body. Apps run one after another,
 round after round (a b c d a b c d ...), and the median of the rounds counts,
-so a noisy moment on this shared machine hits every app alike.
+so a noisy moment on this shared machine hits every app alike. Each ratio is also
+printed round by round (two apps of one round ran seconds apart), which shows how far
+this machine's slow and fast phases move it.
 
 --controls adds two apps to the rounds, as ceilings for b/a on this machine: (e) the
 raw app plus a busy-wait as long as the dispatcher's own work over the raw app's,
@@ -161,9 +163,10 @@ METRICS = ("rps", "p50", "p99", "cpu", "wakes")
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
             script: Path, warmup: float = 1.0,
-            setup: Any = None) -> dict[str, dict[str, float]]:  # fmt: skip
+            setup: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Median req/s, p50, p99, server CPU per request and wrk's sleeps per app (see
-    ``wrk``). ``setup(key)`` gives (uvicorn args, env) per run."""
+    ``wrk``), and each round's req/s (``rounds``, for ``round_ratios``). ``setup(key)``
+    gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
@@ -178,9 +181,20 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
                 proc.terminate()
                 proc.wait(timeout=30)
     return {
-        key: {m: statistics.median(r[m] for r in results) for m in METRICS}
+        key: {
+            **{m: statistics.median(r[m] for r in results) for m in METRICS},
+            "rounds": [r["rps"] for r in results],
+        }
         for key, results in runs.items()
     }
+
+
+def round_ratios(result: dict[str, dict[str, Any]], x: str, y: str) -> str:
+    """x's req/s over y's, round by round: the two ran a few seconds apart, so a slow
+    phase of this shared machine that lasts minutes shows as a spread here, not as one
+    app's median against another's."""
+    pairs = zip(result[x]["rounds"], result[y]["rounds"], strict=True)
+    return " ".join(f"{rx / ry:.2f}" for rx, ry in pairs)
 
 
 def in_process_us(app: Any, calls: int = 20_000, repeats: int = 7, sweep: int = 0) -> float:
@@ -266,9 +280,9 @@ def main() -> None:
               f"{r['cpu']:>8.1f}{r['wakes']:>7.0f}")  # fmt: skip
     print("cpu us: the server process's CPU per request; wakes: wrk's sleeps per 1,000")
     rps = {key: r["rps"] for key, r in result.items()}
-    print(f"b/a = {rps['b'] / rps['a']:.2f}  (target >= 0.85)")
-    print(f"b/c = {rps['b'] / rps['c']:.2f}  (target >= 2.5)")
-    print(f"b/d = {rps['b'] / rps['d']:.2f}  (target >= 1.3)")
+    for other, target in (("a", 0.85), ("c", 2.5), ("d", 1.3)):
+        print(f"b/{other} = {rps['b'] / rps[other]:.2f}  (target >= {target};"
+              f" round by round: {round_ratios(result, 'b', other)})")  # fmt: skip
     if args.controls:
         print(f"e/a = {rps['e'] / rps['a']:.2f}  (the dispatcher's in-process work as pure CPU)")
         print(f"f/a = {rps['f'] / rps['a']:.2f}  (only the work no receiver can skip)")

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_http import measure, post_script  # noqa: E402
+from benchmarks.bench_http import measure, post_script, round_ratios  # noqa: E402
 from benchmarks.http_apps import BODY  # noqa: E402
 from dispatcher.inbox import InboxStore, NewDelivery, open_inbox  # noqa: E402
 from dispatcher.retry import Retry  # noqa: E402
@@ -127,6 +127,9 @@ def http_part(rounds: int, duration: int) -> None:
             f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['cpu']:>8.1f}"
             f"{r['rps'] / inline:>10.2f} {ran}"
         )
+    for key, (label, _) in apps.items():
+        if key != "inline":
+            print(f"{label:34}x inline round by round: {round_ratios(result, key, 'inline')}")
     print("cpu us: the receiver process's CPU per request (the SQLite writer process not counted)")
     print("run: share of the stored tasks the in-process workers had finished at the end")
     print("targets: queued SQLite >= 0.6x inline, queued PostgreSQL >= 0.4x inline")

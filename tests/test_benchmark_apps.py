@@ -112,3 +112,16 @@ def test_cpu_seconds_are_read_past_a_command_name_with_spaces_and_parentheses() 
     # and a live process: this one has used some CPU, and no more than its whole life
     own = process_cpu_seconds(os.getpid())
     assert 0 < own <= sum(os.times()[:2]) + 1 / tick
+
+
+def test_ratios_are_paired_round_by_round() -> None:
+    from benchmarks.bench_http import round_ratios
+
+    # b ran right after a in each round; a slow second round slows both
+    result = {
+        "a": {"rps": 20_000.0, "rounds": [20_000.0, 10_000.0, 21_000.0]},
+        "b": {"rps": 17_000.0, "rounds": [17_000.0, 9_000.0, 16_800.0]},
+    }
+    assert round_ratios(result, "b", "a") == "0.85 0.90 0.80"
+    with pytest.raises(ValueError):  # a round missing on one side is an error, not a skip
+        round_ratios({"a": {"rounds": [1.0]}, "b": {"rounds": [1.0, 2.0]}}, "b", "a")
