@@ -24,12 +24,16 @@ Beside req/s and latency, each app's row gives the server process's CPU time per
 request (user and system, from /proc) and how often wrk slept per 1,000 requests:
 under a saturating load the first is the whole cost of a request, and the second shows
 the closed loop at work (the slower the server, the more often wrk waits, and every
-wake-up is an interrupt the server's write pays for).
+wake-up is an interrupt the server's write pays for). ``busy`` is the share of the
+whole machine's CPU time (both cores, wrk included) that was not idle during the run;
+the server's event loop is one thread, so it is at its limit when ``cpu`` times req/s is a
+whole core, however far under 100% the machine is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -103,16 +107,23 @@ def start(app: str, port: int, extra: list[str] | None = None,
 def wrk(url: str, duration: float, script: Path, connections: int = 32,
         server: int | None = None) -> dict[str, float]:  # fmt: skip
     """One wrk run: req/s, p50 and p99 (ms); with ``server`` (the app's pid), also that
-    process's CPU per request (``cpu``, µs: user and system time over the run) and how
-    often wrk went to sleep per 1,000 requests (``wakes``: its voluntary context
-    switches), the two figures that say where a req/s difference went."""
+    process's CPU per request (``cpu``, µs: user and system time over the run), its
+    child processes' (``helper``: the SQLite inbox's writer process), how often wrk went
+    to sleep per 1,000 requests (``wakes``: its voluntary context switches), and the
+    share of the whole machine's CPU time that was busy (``busy``): the figures that
+    say where a req/s difference went, and whether anything was saturated."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     cpu_before = process_cpu_seconds(server) if server else math.nan
+    helpers_before = children_cpu_seconds(server) if server else {}
+    machine_before = machine_times()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     cpu = process_cpu_seconds(server) - cpu_before if server else math.nan
+    helpers = children_cpu_seconds(server) if server else {}
+    helper_cpu = sum(seconds - helpers_before.get(pid, 0.0) for pid, seconds in helpers.items())
+    busy = busy_share(machine_before, machine_times())
     # wrk is the only child that ends during the run, so the children's count is its own
     sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - children
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -123,6 +134,8 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
     return {
         "rps": rps, "p50": latency(out, "50%"), "p99": latency(out, "99%"),
         "cpu": cpu / requests * 1e6 if requests else math.nan,
+        "helper": helper_cpu / requests * 1e6 if requests and server else math.nan,
+        "busy": busy,
         "wakes": sleeps / requests * 1000 if requests else math.nan,
     }  # fmt: skip
 
@@ -143,6 +156,41 @@ def cpu_seconds_of_stat(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each child process of ``pid`` (of any of its threads), by pid."""
+    return {child: process_cpu_seconds(child) for child in child_pids(pid)}
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid``, from ``/proc/PID/task/*/children`` (a process started from
+    a thread, as the inbox starts its writer, is a child of that thread)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{pid}/task/{thread}/children").read_text()
+                found.extend(int(child) for child in text.split())
+    return found
+
+
+def machine_times(stat: str | None = None) -> tuple[int, int]:
+    """(all, idle) CPU time of the whole machine in clock ticks, from the first line of
+    ``/proc/stat`` (idle counts iowait too); (0, 0) where there is none."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return 0, 0
+    fields = [int(value) for value in stat.split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]  # guest time is already in user time
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was not idle between two machine_times."""
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return 1 - idle / total if total > 0 else math.nan
+
+
 def latency(out: str, label: str) -> float:
     """A percentile from wrk's latency distribution, in milliseconds."""
     value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -158,7 +206,7 @@ def post_script(body: bytes, content_type: str = "application/json") -> Path:
     return script
 
 
-METRICS = ("rps", "p50", "p99", "cpu", "wakes")
+METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "wakes")
 
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
@@ -273,12 +321,14 @@ def main() -> None:
     print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
     result = measure(apps, args.rounds, args.duration, "/payments", post_script(BODY),
                      setup=lambda key: ([], env))  # fmt: skip
-    print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'wakes':>7}")
+    print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'wakes':>7}"
+          f"{'busy':>6}")  # fmt: skip
     for key, (label, _) in apps.items():
         r = result[key]
         print(f"({key}) {label:26}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-              f"{r['cpu']:>8.1f}{r['wakes']:>7.0f}")  # fmt: skip
-    print("cpu us: the server process's CPU per request; wakes: wrk's sleeps per 1,000")
+              f"{r['cpu']:>8.1f}{r['wakes']:>7.0f}{r['busy']:>6.0%}")  # fmt: skip
+    print("cpu us: the server process's CPU per request; wakes: wrk's sleeps per 1,000;")
+    print("busy: the share of the machine's CPU time (both cores) in use during the run")
     rps = {key: r["rps"] for key, r in result.items()}
     for other, target in (("a", 0.85), ("c", 2.5), ("d", 1.3)):
         print(f"b/{other} = {rps['b'] / rps[other]:.2f}  (target >= {target};"

@@ -11,7 +11,12 @@ draining while the load runs (the default), and once receive-only
 
 For the runs with in-process workers it also prints the share of the stored
 tasks those workers had finished when the load stopped: the rest was still
-waiting in the inbox (the figure is req/s under that backlog).
+waiting in the inbox (the figure is req/s under that backlog). Each row also says where
+the time went: the receiver's CPU per request and the share of one core that makes
+(its event loop is one thread), the SQLite writer process's CPU per request, and how
+busy the whole machine was. With the receiver under a full core and the machine under
+100%, nothing was saturated: requests spent their time waiting, for a commit or for
+their turn in the receiver's loop.
 
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
@@ -118,19 +123,27 @@ def http_part(rounds: int, duration: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     inline = result["inline"]["rps"]
     print(
-        f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'x inline':>10}{'run':>7}"
+        f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'core':>6}"
+        f"{'writer us':>10}{'busy':>6}{'x inline':>10}{'run':>7}"
     )
     for key, (label, _) in apps.items():
         r = result[key]
         ran = f"{finished[key]:>6.0%}" if key in finished else ""
+        writer = f"{r['helper']:>10.1f}" if key.startswith("sqlite") else f"{'':>10}"
         print(
             f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['cpu']:>8.1f}"
+            f"{r['cpu'] * r['rps'] / 1e6:>6.0%}{writer}{r['busy']:>6.0%}"
             f"{r['rps'] / inline:>10.2f} {ran}"
         )
     for key, (label, _) in apps.items():
         if key != "inline":
             print(f"{label:34}x inline round by round: {round_ratios(result, key, 'inline')}")
-    print("cpu us: the receiver process's CPU per request (the SQLite writer process not counted)")
+    print("cpu us: the receiver process's CPU per request; core: the share of one core it used")
+    print("(its loop is one thread: 100% is its limit); writer us: its SQLite writer process's")
+    print("CPU per request; busy: the share of the machine's CPU time (both cores, wrk and")
+    print(
+        "PostgreSQL included) in use: with neither at its limit, requests spent their time waiting"
+    )
     print("run: share of the stored tasks the in-process workers had finished at the end")
     print("targets: queued SQLite >= 0.6x inline, queued PostgreSQL >= 0.4x inline")
 

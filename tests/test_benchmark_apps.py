@@ -125,3 +125,46 @@ def test_ratios_are_paired_round_by_round() -> None:
     assert round_ratios(result, "b", "a") == "0.85 0.90 0.80"
     with pytest.raises(ValueError):  # a round missing on one side is an error, not a skip
         round_ratios({"a": {"rounds": [1.0]}, "b": {"rounds": [1.0, 2.0]}}, "b", "a")
+
+
+def test_a_server_s_helper_processes_are_found_from_any_of_its_threads() -> None:
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from benchmarks.bench_http import child_pids, children_cpu_seconds
+
+    # The inbox starts its SQLite writer process from a worker thread, so the writer is
+    # listed under that thread's /proc entry, not under the main thread's.
+    started: list[subprocess.Popen[bytes]] = []
+    waits_for_stdin = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+
+    def start() -> None:
+        started.append(subprocess.Popen(waits_for_stdin, stdin=subprocess.PIPE))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    (child,) = started
+    try:
+        assert child.pid in child_pids(os.getpid())
+        assert children_cpu_seconds(os.getpid())[child.pid] >= 0
+    finally:
+        child.communicate(b"")
+    assert child.pid not in child_pids(os.getpid())
+    assert child_pids(2**22 + 1) == []  # no such process: nothing, not an error
+
+
+def test_machine_busy_share_comes_from_idle_and_iowait_time() -> None:
+    from benchmarks.bench_http import busy_share, machine_times
+
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    before = machine_times("cpu  100 0 50 800 50 0 0 0 40 0\ncpu0 1 2 3\n")
+    after = machine_times("cpu  400 0 150 1300 100 0 0 0 160 0\ncpu0 1 2 3\n")
+    assert before == (1000, 850)  # guest time is part of user time, not counted twice
+    assert after == (1950, 1400)
+    assert busy_share(before, after) == pytest.approx(1 - 550 / 950)
+    assert busy_share(after, after) != busy_share(after, after)  # no time passed: NaN
+    live = machine_times()
+    assert live[0] >= live[1] > 0
