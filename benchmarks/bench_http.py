@@ -212,8 +212,9 @@ METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "wakes")
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
             script: Path, warmup: float = 1.0,
             setup: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Median req/s, p50, p99, server CPU per request and wrk's sleeps per app (see
-    ``wrk``), and each round's req/s (``rounds``, for ``round_ratios``). ``setup(key)``
+    """Per app, the median of each of ``wrk``'s figures (``METRICS``: req/s, latencies,
+    the server's and its helpers' CPU per request, machine busy, wrk's sleeps), and each
+    round's req/s (``rounds``, for ``round_ratios``). ``setup(key)``
     gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
