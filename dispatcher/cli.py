@@ -100,8 +100,9 @@ def _target_options(func: Any) -> Any:
         click.option("--handlers", "handler_modules", multiple=True, metavar="MODULE",
                      help="A module whose Routers (or register(hooks)) hold handlers; repeatable."),
         click.option("--inbox", default=None, metavar="URL",
-                     help="Queued mode: sqlite:///inbox.db (relative), sqlite:////abs.db, "
-                          "postgresql://user@host/db."),
+                     help="Queued mode: sqlite:///inbox.db (relative), sqlite:////abs.db "
+                          "(options: ?synchronous=NORMAL&busy_timeout=10), "
+                          "postgresql://user@host/db (?schema=name)."),
         click.option("--lease", default=None, type=float,
                      help="Seconds a worker holds a task (renewed while it runs)  [default: 30]"),
         click.option("--concurrency", default=None, type=click.IntRange(min=0),

@@ -100,6 +100,14 @@ def test_commands_other_than_migrate_refuse_a_missing_file(tmp_path: Path) -> No
     assert not (tmp_path / "typo.db").exists()
 
 
+def test_a_url_with_options_names_the_same_file(db: tuple[Path, str]) -> None:
+    path, url = db
+    result = run("stats", f"{url}?synchronous=NORMAL&busy_timeout=1")
+    assert result.exit_code == 0, result.output
+    assert "deliveries: pending 1  done 0  dead 1" in result.output
+    assert [p.name for p in path.parent.iterdir() if p.suffix == ".db"] == ["inbox.db"]
+
+
 def test_stats(db: tuple[Path, str]) -> None:
     _, url = db
     result = run("stats", url)

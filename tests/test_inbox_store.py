@@ -1190,7 +1190,48 @@ def test_open_inbox_picks_the_store_by_url(tmp_path: Path) -> None:
     assert open_inbox("postgresql://u@db/app").schema == "dispatcher"
 
 
-@pytest.mark.parametrize("url", ["mysql://u:secret@db/x", "sqlite:///", "inbox.db", ""])
+def test_a_sqlite_url_sets_the_store_options_its_query_names(tmp_path: Path) -> None:
+    store = open_inbox("sqlite:///data/inbox.db?synchronous=normal&busy_timeout=2.5")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == Path("data/inbox.db")  # the query is not part of the file's name
+    assert store.synchronous == "NORMAL" and store._busy_ms == 2500
+    assert sqlite_path("sqlite:////var/lib/x.db?synchronous=FULL") == Path("/var/lib/x.db")
+    # an option given in code wins over the URL's
+    assert open_inbox("sqlite:///x.db?synchronous=NORMAL", synchronous="FULL").synchronous == "FULL"
+    assert open_inbox("sqlite:///x.db").synchronous == "FULL"  # and FULL stays the default
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "says"),
+    [
+        ("mode=ro", "inbox", "unknown option 'mode'"),
+        ("synchronous=sometimes", "synchronous", "'FULL' (durable) or 'NORMAL'"),
+        ("busy_timeout=soon", "busy_timeout", "give seconds"),
+        ("busy_timeout=-1", "busy_timeout", "give seconds"),
+        ("busy_timeout=nan", "busy_timeout", "give seconds"),
+        ("busy_timeout=inf", "busy_timeout", "give seconds"),
+    ],
+)
+def test_a_sqlite_url_with_a_bad_option_says_what_it_takes(
+    tmp_path: Path, query: str, field: str, says: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        open_inbox(f"sqlite:///{tmp_path}/inbox.db?{query}")
+    assert info.value.field == field and says in str(info.value)
+    assert not list(tmp_path.iterdir())  # no file named after the query string
+
+
+async def test_the_urls_synchronous_reaches_the_connection(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    async with open_inbox(f"sqlite:///{tmp_path}/inbox.db?synchronous=NORMAL") as store:
+        assert await store.pragma("synchronous") == 1  # NORMAL
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["inbox.db"]
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:secret@db/x", "sqlite:///", "sqlite:///?synchronous=FULL", "inbox.db", ""]
+)
 def test_open_inbox_rejects_other_urls_listing_the_accepted_forms(url: str) -> None:
     with pytest.raises(ValidationError) as info:
         open_inbox(url)

@@ -3,7 +3,8 @@
 ``open_inbox(url)`` picks the store from a URL:
 
 - ``memory://`` -- in-process, for tests; not durable
-- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (as SQLAlchemy spells them)
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (as SQLAlchemy spells them);
+  ``?synchronous=NORMAL`` and ``?busy_timeout=SECONDS`` set those store options
 - ``postgresql://...`` or ``postgres://...`` (needs asyncpg); ``?schema=name`` picks the schema
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "PostgresStore",
     "SQLiteStore",
     "open_inbox",
+    "sqlite_options",
     "sqlite_path",
 ]
 
@@ -44,6 +46,8 @@ def open_inbox(url: str, **options: Any) -> InboxStore:
     if scheme == "memory":
         return MemoryStore(**options)
     if scheme == "sqlite":
+        for name, value in sqlite_options(url).items():
+            options.setdefault(name, value)  # an argument given in code wins over the URL
         return SQLiteStore(sqlite_path(url), **options)
     if scheme in ("postgresql", "postgres"):
         from dispatcher.inbox.postgres import PostgresStore
@@ -56,15 +60,47 @@ def open_inbox(url: str, **options: Any) -> InboxStore:
 
 
 def sqlite_path(url: str) -> Path:
-    """The file a ``sqlite:///`` URL names: three slashes relative, four absolute."""
+    """The file a ``sqlite:///`` URL names: three slashes relative, four absolute; the
+    query string (``sqlite_options``) is not part of it."""
     prefix = "sqlite:///"
-    if not url.lower().startswith(prefix) or len(url) == len(prefix):
+    path = url[len(prefix) :].partition("?")[0] if url.lower().startswith(prefix) else ""
+    if not path:
         raise ValidationError(
             "inbox",
             f"{url!r} names no SQLite file; write sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db",
         )
-    return Path(url[len(prefix) :])
+    return Path(path)
+
+
+#: What a ``sqlite:///`` URL's query string may set: ``SQLiteStore``'s options of the
+#: same names, so that ``serve --inbox URL`` and ``worker --inbox URL`` reach them too.
+SQLITE_OPTIONS = ("synchronous", "busy_timeout")
+
+
+def sqlite_options(url: str) -> dict[str, Any]:
+    """The store options a ``sqlite:///`` URL sets, as in
+    ``sqlite:///inbox.db?synchronous=NORMAL&busy_timeout=10``. Before, anything after
+    ``?`` silently became part of the file's name."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+        if name == "synchronous":
+            options[name] = value  # SQLiteStore says which values it takes
+        elif name == "busy_timeout":
+            try:
+                options[name] = float(value)  # SQLiteStore says which numbers it takes
+            except ValueError:
+                raise ValidationError(
+                    name, f"got {value!r}; give seconds, as in 10 or 2.5"
+                ) from None
+        else:
+            raise ValidationError(
+                "inbox",
+                f"unknown option {name!r} in the SQLite inbox URL {url!r}; "
+                f"it takes {' and '.join(f'{known}=' for known in SQLITE_OPTIONS)}, "
+                "as in sqlite:///inbox.db?synchronous=NORMAL&busy_timeout=10",
+            )
+    return options
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:

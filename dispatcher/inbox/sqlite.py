@@ -72,6 +72,10 @@ class SQLiteStore(InboxStore):
             raise ValidationError(
                 "synchronous", f"got {synchronous!r}; use 'FULL' (durable) or 'NORMAL'"
             )
+        if not (isinstance(busy_timeout, int | float) and 0 <= busy_timeout < 1e6):
+            raise ValidationError(
+                "busy_timeout", f"got {busy_timeout!r}; give seconds, from 0 up (5 by default)"
+            )
         self.path = Path(path)
         self.clock = clock
         self.synchronous = str(synchronous).upper()
