@@ -109,13 +109,16 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
     """One wrk run: req/s, p50 and p99 (ms); with ``server`` (the app's pid), also that
     process's CPU per request (``cpu``, µs: user and system time over the run), its
     child processes' (``helper``: the SQLite inbox's writer process), how often wrk went
-    to sleep per 1,000 requests (``wakes``: its voluntary context switches), and the
-    share of the whole machine's CPU time that was busy (``busy``): the figures that
-    say where a req/s difference went, and whether anything was saturated."""
+    to sleep per 1,000 requests (``wakes``: its voluntary context switches), how often
+    the server was preempted per 1,000 requests (``preempted``: its threads' involuntary
+    context switches), and the share of the whole machine's CPU time that was busy
+    (``busy``): the figures that say where a req/s difference went, and whether anything
+    was saturated."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     cpu_before = process_cpu_seconds(server) if server else math.nan
     helpers_before = children_cpu_seconds(server) if server else {}
     machine_before = machine_times()
+    preempted_before = involuntary_switches(server) if server else 0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -124,6 +127,7 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
     helpers = children_cpu_seconds(server) if server else {}
     helper_cpu = sum(seconds - helpers_before.get(pid, 0.0) for pid, seconds in helpers.items())
     busy = busy_share(machine_before, machine_times())
+    preempted = involuntary_switches(server) - preempted_before if server else 0
     # wrk is the only child that ends during the run, so the children's count is its own
     sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - children
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -136,6 +140,7 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
         "cpu": cpu / requests * 1e6 if requests else math.nan,
         "helper": helper_cpu / requests * 1e6 if requests and server else math.nan,
         "busy": busy,
+        "preempted": preempted / requests * 1000 if requests and server else math.nan,
         "wakes": sleeps / requests * 1000 if requests else math.nan,
     }  # fmt: skip
 
@@ -173,6 +178,25 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def involuntary_switches(pid: int) -> int:
+    """How often the threads of ``pid`` were taken off a CPU while they still had work
+    (another task was woken or had waited its turn), from ``/proc/PID/task/*/status``.
+    A preempted event loop pays a context switch and comes back to caches that hold the
+    other task's code and data."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                total += switches_of_status(Path(f"/proc/{pid}/task/{thread}/status").read_text())
+    return total
+
+
+def switches_of_status(status: str) -> int:
+    """The ``nonvoluntary_ctxt_switches`` count of a ``/proc/.../status`` text (0 if none)."""
+    match = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
 def machine_times(stat: str | None = None) -> tuple[int, int]:
     """(all, idle) CPU time of the whole machine in clock ticks, from the first line of
     ``/proc/stat`` (idle counts iowait too); (0, 0) where there is none."""
@@ -206,14 +230,15 @@ def post_script(body: bytes, content_type: str = "application/json") -> Path:
     return script
 
 
-METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "wakes")
+METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "preempted", "wakes")
 
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
             script: Path, warmup: float = 1.0,
             setup: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per app, the median of each of ``wrk``'s figures (``METRICS``: req/s, latencies,
-    the server's and its helpers' CPU per request, machine busy, wrk's sleeps), and each
+    the server's and its helpers' CPU per request, machine busy, the server's preemptions,
+    wrk's sleeps), and each
     round's req/s (``rounds``, for ``round_ratios``). ``setup(key)``
     gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inbox.py                  # 3 rounds x 5 s per app, then drains
     python benchmarks/bench_inbox.py --rounds 1 --duration 3
+    python benchmarks/bench_inbox.py --controls       # also SQLite without its fsync
 
 HTTP part (needs wrk, as bench_http.py): the 20-event dispatcher with a no-op
 async handler, inline, then queued on SQLite (synchronous=FULL) and on
@@ -13,10 +14,14 @@ For the runs with in-process workers it also prints the share of the stored
 tasks those workers had finished when the load stopped: the rest was still
 waiting in the inbox (the figure is req/s under that backlog). Each row also says where
 the time went: the receiver's CPU per request and the share of one core that makes
-(its event loop is one thread), the SQLite writer process's CPU per request, and how
-busy the whole machine was. With the receiver under a full core and the machine under
-100%, nothing was saturated: requests spent their time waiting, for a commit or for
-their turn in the receiver's loop.
+(its event loop is one thread), the SQLite writer process's CPU per request, how often
+the receiver was preempted, and how busy the whole machine was. With the receiver under
+a full core and the machine under 100%, nothing was saturated: requests spent their time
+waiting, for a commit or for their turn in the receiver's loop.
+
+With --controls, queued SQLite also runs receive-only at synchronous=NORMAL: no fsync
+per commit, so not durable against a power loss. If it answers no more requests than
+FULL, the fsync is not what holds queued mode back.
 
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
@@ -81,13 +86,18 @@ async def drop_schema(url: str) -> None:
     await store.close()
 
 
-def http_part(rounds: int, duration: int) -> None:
+def http_part(rounds: int, duration: int, controls: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp())
     apps: dict[str, tuple[str, str]] = {
         "inline": ("inline", "benchmarks.http_apps:hooks"),
         "sqlite": ("queued SQLite", "benchmarks.http_apps:queued_app"),
         "sqlite-recv": ("queued SQLite, receive only", "benchmarks.http_apps:queued_app"),
     }
+    if controls:  # does the fsync decide the req/s? The same without it (not durable)
+        apps["sqlite-normal-recv"] = (
+            "control: SQLite synchronous=NORMAL, receive only",
+            "benchmarks.http_apps:queued_app",
+        )
     if postgres_up():
         apps["postgres"] = ("queued PostgreSQL", "benchmarks.http_apps:queued_app")
         apps["postgres-recv"] = (
@@ -103,6 +113,8 @@ def http_part(rounds: int, duration: int) -> None:
         concurrency = "0" if key.endswith("-recv") else "4"
         if key.startswith("sqlite"):
             url = f"sqlite:///{tmp}/{uuid.uuid4().hex}.db"
+            if "-normal" in key:
+                url += "?synchronous=NORMAL"
         else:
             url = f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
             schemas.append(url)
@@ -122,25 +134,29 @@ def http_part(rounds: int, duration: int) -> None:
             asyncio.run(drop_schema(url))
         shutil.rmtree(tmp, ignore_errors=True)
     inline = result["inline"]["rps"]
+    width = max(len(label) for label, _ in apps.values()) + 2
     print(
-        f"{'mode':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'core':>6}"
-        f"{'writer us':>10}{'busy':>6}{'x inline':>10}{'run':>7}"
+        f"{'mode':{width}}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu us':>8}{'core':>6}"
+        f"{'writer us':>10}{'preempt':>8}{'busy':>6}{'x inline':>9}{'run':>6}"
     )
     for key, (label, _) in apps.items():
         r = result[key]
-        ran = f"{finished[key]:>6.0%}" if key in finished else ""
+        ran = f"{finished[key]:>5.0%}" if key in finished else ""
         writer = f"{r['helper']:>10.1f}" if key.startswith("sqlite") else f"{'':>10}"
         print(
-            f"{label:34}{r['rps']:>10,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['cpu']:>8.1f}"
-            f"{r['cpu'] * r['rps'] / 1e6:>6.0%}{writer}{r['busy']:>6.0%}"
-            f"{r['rps'] / inline:>10.2f} {ran}"
+            f"{label:{width}}{r['rps']:>8,.0f}{r['p50']:>8.2f}{r['p99']:>8.2f}{r['cpu']:>8.1f}"
+            f"{r['cpu'] * r['rps'] / 1e6:>6.0%}{writer}{r['preempted']:>8.0f}{r['busy']:>6.0%}"
+            f"{r['rps'] / inline:>9.2f} {ran}"
         )
     for key, (label, _) in apps.items():
         if key != "inline":
-            print(f"{label:34}x inline round by round: {round_ratios(result, key, 'inline')}")
+            print(f"{label:{width}}x inline round by round: {round_ratios(result, key, 'inline')}")
     print("cpu us: the receiver process's CPU per request; core: the share of one core it used")
     print("(its loop is one thread: 100% is its limit); writer us: its SQLite writer process's")
-    print("CPU per request; busy: the share of the machine's CPU time (both cores, wrk and")
+    print("CPU per request; preempt: how often the receiver was taken off a CPU that it still")
+    print(
+        "needed, per 1,000 requests; busy: the share of the machine's CPU time (both cores, wrk and"
+    )
     print(
         "PostgreSQL included) in use: with neither at its limit, requests spent their time waiting"
     )
@@ -288,11 +304,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--fresh", type=int, default=6_400)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="also run queued SQLite with synchronous=NORMAL (no fsync per commit)",
+    )
     args = parser.parse_args()
     if not args.skip_http:
         if not shutil.which("wrk"):
             sys.exit("wrk is not installed: apt-get install wrk")
-        http_part(args.rounds, args.duration)
+        http_part(args.rounds, args.duration, args.controls)
     drain_part(args.tasks)
     fresh_part(args.fresh, args.rounds)
 

@@ -4,6 +4,7 @@ bench_http.py prints compare like with like (the controls included)."""
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -177,3 +178,46 @@ def test_machine_busy_share_comes_from_idle_and_iowait_time() -> None:
     assert math.isnan(busy_share(after, after))  # no time passed
     live = machine_times()
     assert live[0] >= live[1] > 0
+
+
+def test_preemptions_are_counted_over_every_thread_of_the_server() -> None:
+    """bench_inbox's ``preempt`` column: the involuntary context switches of all the
+    server's threads, not only its main thread's."""
+    import hashlib
+    import os
+    import threading
+    from pathlib import Path
+
+    from benchmarks.bench_http import involuntary_switches, switches_of_status
+
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t7\n"
+    assert switches_of_status(status) == 7
+    assert switches_of_status("Name:\tpython\n") == 0
+
+    # Three threads hashing without the GIL on this machine's two cores take turns by
+    # preemption; then they wait (no more preemptions) while the counts are read.
+    data, done = b"x" * (1 << 20), threading.Event()
+
+    def spin() -> None:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            hashlib.sha256(data).digest()
+        done.wait(30)
+
+    threads = [threading.Thread(target=spin) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.8)
+        ids = [thread.native_id for thread in threads]
+        each = [
+            switches_of_status(Path(f"/proc/{os.getpid()}/task/{tid}/status").read_text())
+            for tid in ids
+        ]
+        assert sum(each) > max(each)  # more than one thread was preempted
+        assert involuntary_switches(os.getpid()) >= sum(each)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert involuntary_switches(2**22 + 1) == 0  # no such process: nothing, not an error
