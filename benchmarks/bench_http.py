@@ -237,10 +237,9 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
             script: Path, warmup: float = 1.0,
             setup: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per app, the median of each of ``wrk``'s figures (``METRICS``: req/s, latencies,
-    the server's and its helpers' CPU per request, machine busy, the server's preemptions,
-    wrk's sleeps), and each
-    round's req/s (``rounds``, for ``round_ratios``). ``setup(key)``
-    gives (uvicorn args, env) per run."""
+    the server's and its helpers' CPU per request, machine busy, the server's
+    preemptions, wrk's sleeps), and each round's req/s (``rounds``, for
+    ``round_ratios``). ``setup(key)`` gives (uvicorn args, env) per run."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
