@@ -180,9 +180,8 @@ def child_pids(pid: int) -> list[int]:
 
 def involuntary_switches(pid: int) -> int:
     """How often the threads of ``pid`` were taken off a CPU while they still had work
-    (another task was woken or had waited its turn), from ``/proc/PID/task/*/status``.
-    A preempted event loop pays a context switch and comes back to caches that hold the
-    other task's code and data."""
+    (another task was woken or had waited its turn), from ``/proc/PID/task/*/status``:
+    how much the server shared its cores with other busy processes."""
     total = 0
     with contextlib.suppress(OSError):
         for thread in os.listdir(f"/proc/{pid}/task"):
