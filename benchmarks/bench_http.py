@@ -169,25 +169,25 @@ def children_cpu_seconds(pid: int) -> dict[int, float]:
 def child_pids(pid: int) -> list[int]:
     """The children of ``pid``, from ``/proc/PID/task/*/children`` (a process started from
     a thread, as the inbox starts its writer, is a child of that thread)."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for thread in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                text = Path(f"/proc/{pid}/task/{thread}/children").read_text()
-                found.extend(int(child) for child in text.split())
-    return found
+    return [int(child) for text in thread_files(pid, "children") for child in text.split()]
 
 
 def involuntary_switches(pid: int) -> int:
     """How often the threads of ``pid`` were taken off a CPU while they still had work
     (another task was woken or had waited its turn), from ``/proc/PID/task/*/status``:
     how much the server shared its cores with other busy processes."""
-    total = 0
+    return sum(map(switches_of_status, thread_files(pid, "status")))
+
+
+def thread_files(pid: int, name: str) -> list[str]:
+    """The text of ``/proc/PID/task/*/<name>`` for each thread of ``pid``: none for a
+    process (or a thread) that has gone, or where there is no ``/proc``."""
+    texts: list[str] = []
     with contextlib.suppress(OSError):
         for thread in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
-                total += switches_of_status(Path(f"/proc/{pid}/task/{thread}/status").read_text())
-    return total
+                texts.append(Path(f"/proc/{pid}/task/{thread}/{name}").read_text())
+    return texts
 
 
 def switches_of_status(status: str) -> int:
