@@ -194,9 +194,10 @@ def test_preemptions_are_counted_over_every_thread_of_the_server() -> None:
     assert switches_of_status(status) == 7
     assert switches_of_status("Name:\tpython\n") == 0
 
-    # Three threads hashing without the GIL on this machine's two cores take turns by
+    # One thread more than there are cores, hashing without the GIL, take turns by
     # preemption; then they wait (no more preemptions) while the counts are read.
     data, done = b"x" * (1 << 20), threading.Event()
+    cores = len(os.sched_getaffinity(0))
 
     def spin() -> None:
         deadline = time.monotonic() + 0.5
@@ -204,7 +205,7 @@ def test_preemptions_are_counted_over_every_thread_of_the_server() -> None:
             hashlib.sha256(data).digest()
         done.wait(30)
 
-    threads = [threading.Thread(target=spin) for _ in range(3)]
+    threads = [threading.Thread(target=spin) for _ in range(cores + 1)]
     for thread in threads:
         thread.start()
     try:
