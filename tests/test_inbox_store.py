@@ -671,6 +671,67 @@ async def test_sqlite_waits_for_another_writer_without_blocking_the_loop(
         )  # and the next write goes through
 
 
+async def test_sqlite_writes_more_than_the_pipe_holds_while_another_writer_has_the_lock(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # The process reads its stdin only between batches: while it waits for the lock,
+    # 4 MiB of frames cannot all fit in the pipe. The loop must go on all the same,
+    # and every write must arrive, in order, once the lock is free.
+    clock = FakeClock()
+    body = b'{"pad": "' + b"x" * (512 * 1024) + b'"}'
+    async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
+        with another_writer(tmp_path / "inbox.db"):
+            adds = []
+            for i in range(8):  # one frame each, sent in different loop turns
+                add = store.add(make_delivery(clock, f"big{i}", body=body))
+                adds.append(asyncio.ensure_future(add))
+                await asyncio.sleep(0.01)
+            writer = store._writer
+            assert writer is not None and writer._outlet is not None
+            assert writer._outlet._backlog  # the pipe is full: the rest waits its turn
+            ticks = 0
+            for _ in range(10):  # and the loop keeps running meanwhile
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 10 and not any(add.done() for add in adds)
+        assert await asyncio.wait_for(asyncio.gather(*adds), 10) == ["stored"] * 8
+        assert not writer._outlet._backlog
+        for i in range(8):
+            got = await store.get(f"big{i}")
+            assert got is not None and got["body"] == body
+    with contextlib.closing(sqlite3.connect(tmp_path / "inbox.db")) as db:
+        stored = [row[0] for row in db.execute("SELECT id FROM deliveries ORDER BY rowid")]
+    assert stored == [f"big{i}" for i in range(8)]
+
+
+def test_sqlite_writer_process_takes_whole_frames_as_they_come() -> None:
+    from dispatcher.inbox.sqlite_process import Frames, encode_frame
+
+    def frame(first: int) -> bytes:
+        return encode_frame([(i, "add_many", True, i) for i in range(first, first + 5)])
+
+    read, write = os.pipe()
+    try:
+        frames = Frames(read)
+        os.write(write, frame(0) + frame(5) + frame(10))
+        # Whole frames until the limit is reached or passed; the rest waits its turn.
+        assert [op[0] for op in frames.take(8)] == list(range(10))
+        assert [op[0] for op in frames.take(8)] == list(range(10, 15))
+        half = frame(15)
+        os.write(write, half[:7])  # a frame cut in two by the pipe...
+        threading.Timer(0.05, os.write, (write, half[7:])).start()
+        assert [op[0] for op in frames.take(8)] == list(range(15, 20))  # ...waited for
+        os.write(write, frame(20))
+        os.close(write)
+        write = -1
+        assert [op[0] for op in frames.take(8)] == list(range(20, 25))  # what came first
+        assert frames.take(8) == []  # then the end
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
 async def test_sqlite_gives_up_on_a_lock_held_past_the_busy_timeout(
     tmp_path: Path, anyio_backend: str
 ) -> None:

@@ -8,12 +8,14 @@ operation committed.
 Here, ``submit`` queues an operation (a name from sqlite_ops.py and plain arguments)
 and returns a future. The operations queued during one turn of a caller's event loop
 go to the process as one frame, sent at the end of the turn or as soon as it holds
-``FRAME_OPS`` operations. The answers are read on the event loop that writes
-(``_Answers``): a reader thread cost a GIL hand-over and a cross-thread wake-up per
-answer frame, about a sixth of a queued request's time on the loop. A store may still
-be used from several event loops: when one loop stops, the next one to write reads the
-answers; while several run at once in different threads, a thread reads beside the
-loop, and each future is resolved on its own loop.
+``FRAME_OPS`` operations, and never block the caller: the process reads its stdin
+between batches, and what a full pipe cannot take waits on a thread (``_Outlet``).
+The answers are read on the event loop that writes (``_Answers``): a reader thread
+cost a GIL hand-over and a cross-thread wake-up per answer frame, about a sixth of a
+queued request's time on the loop. A store may still be used from several event loops:
+when one loop stops, the next one to write reads the answers; while several run at
+once in different threads, a thread reads beside the loop, and each future is resolved
+on its own loop.
 
 If the process dies, the operations it had not answered fail (they may or may not
 have committed), and the next operation starts a new process.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import marshal
 import os
 import select
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.errors import NotFoundError, ValidationError
-from dispatcher.inbox.sqlite_process import LENGTH, read_frame, write_frame
+from dispatcher.inbox.sqlite_process import LENGTH, encode_frame, read_frame
 
 _PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 
@@ -45,6 +48,10 @@ _PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 #: while the process committed it (traced: the process idle 40% of the time). A frame
 #: of 16 lets the process commit one part while the receiver parses the next.
 FRAME_OPS = 16
+
+#: The pipe to the process holds this much (Linux; else the system's default), so that
+#: frames sent while it waits for another process's lock rarely need _Outlet's thread.
+PIPE_SIZE = 1 << 20
 
 # A caller's loop, its future, and which process got the operation (0: not sent yet).
 _Waiting = list[Any]
@@ -59,6 +66,7 @@ class Writer:
         self._lock = threading.Lock()  # guards everything below
         self._process: subprocess.Popen[bytes] | None = None
         self._answers: _Answers | None = None  # the reader of that process's answers
+        self._outlet: _Outlet | None = None  # the writer of its frames
         self._outbox: list[tuple[int, str, bool, Any]] = []
         self._waiting: dict[int, _Waiting] = {}
         self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush queued
@@ -96,6 +104,9 @@ class Writer:
         with self._lock:
             process, self._process = self._process, None
             answers, self._answers = self._answers, None
+            if self._outlet is not None:
+                self._outlet.close()
+                self._outlet = None
         if process is not None:
             await asyncio.to_thread(_end, process)
         if answers is not None:
@@ -177,13 +188,11 @@ class Writer:
             self._exited(dead)
 
     def _send(self, ops: list[tuple[int, str, bool, Any]]) -> None:
-        process = self._ensure_process()
-        assert process.stdin is not None
+        self._ensure_process()
+        assert self._outlet is not None
         for op in ops:
             self._waiting[op[0]][2] = self._generation
-        # The process drains its stdin all the time, so this does not block for long (a
-        # few ms for a body of many MiB, at memory speed).
-        write_frame(process.stdin.fileno(), ops)
+        self._outlet.write(encode_frame(ops))
 
     # -- the process -----------------------------------------------------------------------
 
@@ -210,16 +219,20 @@ class Writer:
         if not ok:
             _end(process)
             raise decode_error(value)
+        assert process.stdin is not None
         self._process = process
         self._generation += 1
         self._answers = _Answers(self, process, self._generation)
+        self._outlet = _Outlet(process.stdin.fileno())
         return process
 
     def _forget_process(self) -> None:
         """The process died (the lock is held): stop reading it; the next write starts one."""
         if self._answers is not None:
             self._answers.stop()
-        self._process = self._answers = None
+        if self._outlet is not None:
+            self._outlet.close()
+        self._process = self._answers = self._outlet = None
 
     def _answered(self, commits: int, answers: list[tuple[int, bool, Any]]) -> None:
         """The process reported a batch committed: answer each of its callers."""
@@ -253,6 +266,70 @@ class Writer:
             if waiting is not None:
                 by_loop.setdefault(waiting[0], []).append((waiting[1], ok, value))
         return by_loop
+
+
+class _Outlet:
+    """The process's stdin, written without ever blocking the caller.
+
+    The process reads its stdin only between batches, so while one waits for another
+    process's lock, frames pile up in the pipe. A frame that finds the pipe full leaves
+    what did not fit in ``_backlog``, and a thread writes that out as the process reads;
+    until it is empty, every later frame joins it, so the process gets them in order.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        with contextlib.suppress(OSError, AttributeError):  # Linux only; a hint
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+        self._lock = threading.Lock()  # guards the writes and everything below
+        self._backlog = bytearray()
+        self._error: OSError | None = None  # what ended the thread's writes
+        self._closed = False
+
+    def write(self, frame: bytes) -> None:
+        """Send ``frame`` now, or as soon as the process reads; OSError if the process is
+        gone (BrokenPipeError: none of this frame reached it)."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._backlog:  # behind the frames still waiting
+                self._backlog += frame
+                return
+            try:
+                sent = os.write(self.fd, frame)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(frame):
+                return
+            self._backlog += memoryview(frame)[sent:]
+        threading.Thread(target=self._drain, name="dispatcher-inbox-frames", daemon=True).start()
+
+    def close(self) -> None:
+        """Write nothing more, so the pipe can be closed (its fd may then be reused)."""
+        with self._lock:
+            self._closed = True
+            self._backlog.clear()
+
+    def _drain(self) -> None:
+        """Write the backlog out as the process reads, then end."""
+        while True:
+            with contextlib.suppress(OSError, ValueError):  # closed: seen below
+                select.select([], [self.fd], [], 0.1)
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    sent = os.write(self.fd, self._backlog)
+                except BlockingIOError:
+                    continue
+                except OSError as error:  # the process is gone: its reader fails the rest
+                    self._error = error
+                    self._backlog.clear()
+                    return
+                del self._backlog[:sent]
+                if not self._backlog:
+                    return
 
 
 class _Answers:
