@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,11 @@ def start(app: str, port: int, extra: list[str] | None = None,
 
 
 def wrk(url: str, duration: float, script: Path, connections: int = 32,
-        server: int | None = None) -> dict[str, float]:  # fmt: skip
-    """One wrk run: req/s, p50 and p99 (ms); with ``server`` (the app's pid), also that
+        server: int | None = None, batch: bool = False) -> dict[str, float]:  # fmt: skip
+    """One wrk run: req/s, p50 and p99 (ms); with ``batch``, wrk runs at the scheduling
+    policy SCHED_BATCH, whose wake-ups do not preempt a running process (a control: the
+    load then disturbs the server about as little as a load from another machine would).
+    With ``server`` (the app's pid), also that
     process's CPU per request (``cpu``, µs: user and system time over the run), its
     child processes' (``helper``: the SQLite inbox's writer process), how often wrk went
     to sleep per 1,000 requests (``wakes``: its voluntary context switches), how often
@@ -120,7 +124,10 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
     machine_before = machine_times()
     preempted_before = involuntary_switches(server) if server else 0
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        load_command(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+            batch,
+        ),
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     cpu = process_cpu_seconds(server) - cpu_before if server else math.nan
@@ -143,6 +150,11 @@ def wrk(url: str, duration: float, script: Path, connections: int = 32,
         "preempted": preempted / requests * 1000 if requests and server else math.nan,
         "wakes": sleeps / requests * 1000 if requests else math.nan,
     }  # fmt: skip
+
+
+def load_command(command: list[str], batch: bool) -> list[str]:
+    """``command``, at the scheduling policy SCHED_BATCH if ``batch`` (see ``wrk``)."""
+    return ["chrt", "--batch", "0", *command] if batch else command
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -233,12 +245,13 @@ METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "preempted", "wakes")
 
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
-            script: Path, warmup: float = 1.0,
-            setup: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+            script: Path, warmup: float = 1.0, setup: Any = None,
+            batch: Collection[str] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per app, the median of each of ``wrk``'s figures (``METRICS``: req/s, latencies,
     the server's and its helpers' CPU per request, machine busy, the server's
     preemptions, wrk's sleeps), and each round's req/s (``rounds``, for
-    ``round_ratios``). ``setup(key)`` gives (uvicorn args, env) per run."""
+    ``round_ratios``). ``setup(key)`` gives (uvicorn args, env) per run; the apps in
+    ``batch`` get their load from wrk at SCHED_BATCH (``wrk``)."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
@@ -247,8 +260,8 @@ def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path
             proc = start(app, port, extra, env)
             try:
                 url = f"http://127.0.0.1:{port}{path}"
-                wrk(url, warmup, script)
-                runs[key].append(wrk(url, duration, script, server=proc.pid))
+                wrk(url, warmup, script, batch=key in batch)
+                runs[key].append(wrk(url, duration, script, server=proc.pid, batch=key in batch))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_inbox.py                  # 3 rounds x 5 s per app, then drains
     python benchmarks/bench_inbox.py --rounds 1 --duration 3
-    python benchmarks/bench_inbox.py --controls       # also SQLite without its fsync
+    python benchmarks/bench_inbox.py --controls       # also SQLite without its fsync, and
+                                                      # with wrk unable to preempt
 
 HTTP part (needs wrk, as bench_http.py): the 20-event dispatcher with a no-op
 async handler, inline, then queued on SQLite (synchronous=FULL) and on
@@ -21,7 +22,12 @@ waiting, for a commit or for their turn in the receiver's loop.
 
 With --controls, queued SQLite also runs receive-only at synchronous=NORMAL: no fsync
 per commit, so not durable against a power loss. If it answers no more requests than
-FULL, the fsync is not what holds queued mode back.
+FULL, the fsync is not what holds queued mode back. And inline and queued SQLite
+(receive only) run once more with wrk at the scheduling policy SCHED_BATCH (``chrt
+--batch 0``), whose wake-ups cannot preempt the receiver. Queued mode leaves wrk idle
+while a commit is awaited, so every answer wakes it, and on two cores the woken wrk
+often takes the receiver's: these rows show what that costs, as a load from another
+machine would not. They are controls; the targets count the rows above them.
 
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
@@ -98,6 +104,11 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
             "control: SQLite synchronous=NORMAL, receive only",
             "benchmarks.http_apps:queued_app",
         )
+        apps["inline-batch"] = ("control: inline, wrk at SCHED_BATCH", "benchmarks.http_apps:hooks")
+        apps["sqlite-batch-recv"] = (
+            "control: SQLite receive only, wrk at SCHED_BATCH",
+            "benchmarks.http_apps:queued_app",
+        )
     if postgres_up():
         apps["postgres"] = ("queued PostgreSQL", "benchmarks.http_apps:queued_app")
         apps["postgres-recv"] = (
@@ -108,7 +119,7 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
     inboxes: dict[str, list[str]] = {}  # the inbox of each run, by mode
 
     def setup(key: str) -> tuple[list[str], dict[str, str]]:
-        if key == "inline":
+        if key.startswith("inline"):
             return [], {}
         concurrency = "0" if key.endswith("-recv") else "4"
         if key.startswith("sqlite"):
@@ -123,7 +134,10 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
 
     print(f"HTTP: body {len(BODY)} bytes; wrk -t1 -c32, {rounds} rounds x {duration} s")
     try:
-        result = measure(apps, rounds, duration, "/payments", post_script(BODY), setup=setup)
+        batch = [key for key in apps if "-batch" in key]
+        result = measure(
+            apps, rounds, duration, "/payments", post_script(BODY), setup=setup, batch=batch
+        )
         finished = {
             key: statistics.median(asyncio.run(done_share(url)) for url in urls)
             for key, urls in inboxes.items()
@@ -151,6 +165,11 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
     for key, (label, _) in apps.items():
         if key != "inline":
             print(f"{label:{width}}x inline round by round: {round_ratios(result, key, 'inline')}")
+    if controls:
+        both = result["sqlite-batch-recv"]["rps"] / result["inline-batch"]["rps"]
+        rounds_both = round_ratios(result, "sqlite-batch-recv", "inline-batch")
+        print(f"with wrk at SCHED_BATCH for both: SQLite receive only x inline {both:.2f}"
+              f" (round by round: {rounds_both})")  # fmt: skip
     print("cpu us: the receiver process's CPU per request; core: the share of one core it used")
     print("(its loop is one thread: 100% is its limit); writer us: its SQLite writer process's")
     print("CPU per request; preempt: how often the receiver was taken off a CPU that it still")
@@ -307,12 +326,15 @@ def main() -> None:
     parser.add_argument(
         "--controls",
         action="store_true",
-        help="also run queued SQLite with synchronous=NORMAL (no fsync per commit)",
+        help="also run queued SQLite with synchronous=NORMAL (no fsync per commit), and"
+        " inline and queued SQLite with wrk at SCHED_BATCH (it cannot preempt the receiver)",
     )
     args = parser.parse_args()
     if not args.skip_http:
         if not shutil.which("wrk"):
             sys.exit("wrk is not installed: apt-get install wrk")
+        if args.controls and not shutil.which("chrt"):
+            sys.exit("--controls needs chrt (util-linux): apt-get install util-linux")
         http_part(args.rounds, args.duration, args.controls)
     drain_part(args.tasks)
     fresh_part(args.fresh, args.rounds)

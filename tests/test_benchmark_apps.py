@@ -3,7 +3,10 @@ bench_http.py prints compare like with like (the controls included)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -222,3 +225,13 @@ def test_preemptions_are_counted_over_every_thread_of_the_server() -> None:
         for thread in threads:
             thread.join()
     assert involuntary_switches(2**22 + 1) == 0  # no such process: nothing, not an error
+
+
+def test_the_load_runs_at_sched_batch_when_asked() -> None:
+    from benchmarks.bench_http import load_command
+
+    policy = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
+    for batch, expected in ((True, os.SCHED_BATCH), (False, os.SCHED_OTHER)):
+        out = subprocess.run(load_command(policy, batch), capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) == expected
