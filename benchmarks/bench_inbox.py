@@ -22,12 +22,12 @@ waiting, for a commit or for their turn in the receiver's loop.
 
 With --controls, queued SQLite also runs receive-only at synchronous=NORMAL: no fsync
 per commit, so not durable against a power loss. If it answers no more requests than
-FULL, the fsync is not what holds queued mode back. And inline and queued SQLite
-(receive only) run once more with wrk at the scheduling policy SCHED_BATCH (``chrt
---batch 0``), whose wake-ups cannot preempt the receiver. Queued mode leaves wrk idle
-while a commit is awaited, so every answer wakes it, and on two cores the woken wrk
-often takes the receiver's: these rows show what that costs, as a load from another
-machine would not. They are controls; the targets count the rows above them.
+FULL, the fsync is not what holds queued mode back. And inline and queued SQLite and
+PostgreSQL (receive only) run once more with wrk at the scheduling policy SCHED_BATCH
+(``chrt --batch 0``), whose wake-ups do not preempt the receiver. Queued mode leaves
+wrk idle while a commit is awaited, so answers wake it, and on two cores the woken wrk
+often takes the receiver's core: these rows show what that costs, a cost a load from
+another machine would not add. They are controls; the targets count the other rows.
 
 Drain part: 20,000 no-op tasks stored up front, then 1 and then 4 Worker
 loops (concurrency 4 each, one process) drain them; tasks/s is stored tasks
@@ -104,6 +104,7 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
             "control: SQLite synchronous=NORMAL, receive only",
             "benchmarks.http_apps:queued_app",
         )
+        # What does wrk taking the receiver's core cost? The same with wrk unable to preempt.
         apps["inline-batch"] = ("control: inline, wrk at SCHED_BATCH", "benchmarks.http_apps:hooks")
         apps["sqlite-batch-recv"] = (
             "control: SQLite receive only, wrk at SCHED_BATCH",
@@ -115,6 +116,11 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
             "queued PostgreSQL, receive only",
             "benchmarks.http_apps:queued_app",
         )
+        if controls:
+            apps["postgres-batch-recv"] = (
+                "control: PostgreSQL receive only, wrk at SCHED_BATCH",
+                "benchmarks.http_apps:queued_app",
+            )
     schemas: list[str] = []
     inboxes: dict[str, list[str]] = {}  # the inbox of each run, by mode
 
@@ -165,11 +171,12 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
     for key, (label, _) in apps.items():
         if key != "inline":
             print(f"{label:{width}}x inline round by round: {round_ratios(result, key, 'inline')}")
-    if controls:
-        both = result["sqlite-batch-recv"]["rps"] / result["inline-batch"]["rps"]
-        rounds_both = round_ratios(result, "sqlite-batch-recv", "inline-batch")
-        print(f"with wrk at SCHED_BATCH for both: SQLite receive only x inline {both:.2f}"
-              f" (round by round: {rounds_both})")  # fmt: skip
+    for key in ("sqlite-batch-recv", "postgres-batch-recv"):
+        if key in apps:
+            both = result[key]["rps"] / result["inline-batch"]["rps"]
+            label = apps[key][0].removeprefix("control: ").removesuffix(", wrk at SCHED_BATCH")
+            print(f"with wrk at SCHED_BATCH for both: {label} x inline {both:.2f}"
+                  f" (round by round: {round_ratios(result, key, 'inline-batch')})")  # fmt: skip
     print("cpu us: the receiver process's CPU per request; core: the share of one core it used")
     print("(its loop is one thread: 100% is its limit); writer us: its SQLite writer process's")
     print("CPU per request; preempt: how often the receiver was taken off a CPU that it still")
@@ -327,7 +334,7 @@ def main() -> None:
         "--controls",
         action="store_true",
         help="also run queued SQLite with synchronous=NORMAL (no fsync per commit), and"
-        " inline and queued SQLite with wrk at SCHED_BATCH (it cannot preempt the receiver)",
+        " inline and queued receive-only with wrk at SCHED_BATCH (it cannot preempt the receiver)",
     )
     args = parser.parse_args()
     if not args.skip_http:
