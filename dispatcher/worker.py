@@ -356,10 +356,14 @@ class Worker:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` and the last traceback lines: what an operator needs to triage."""
+    """``Type: message`` and the last traceback lines: what an operator needs to triage.
+
+    A NUL character is written as ``\\x00``: PostgreSQL text cannot hold one, and an
+    outcome it refused would leave the task leased, to run again at every lease's end.
+    """
     head = f"{type(exc).__name__}: {exc}"
     frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip().splitlines()
-    text = "\n".join([head, *frames[-TRACEBACK_LINES:]])
+    text = "\n".join([head, *frames[-TRACEBACK_LINES:]]).replace("\x00", "\\x00")
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
