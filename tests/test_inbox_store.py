@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from dispatcher.errors import NotFoundError, ValidationError
@@ -1136,10 +1137,10 @@ async def test_postgres_outcomes_of_sibling_tasks_from_two_workers_leave_the_rig
     try:
         outcome = other.transaction()
         await outcome.start()
+        done = [int(a.task_id), a.lease_token, "done", None, None, a.series, a.attempt, T0]
         (row,) = await other.fetch(
-            pg._sql(FINISH_BATCH), [a.task_id], [a.lease_token], ["done"], [None], [None],
-            [a.series], [a.attempt], [T0], ["d1"], pg.channel, True,
-        )  # fmt: skip
+            pg._sql(FINISH_BATCH), orjson.dumps([done]).decode(), ["d1"], pg.channel, True
+        )
         assert row["finished"] == [a.task_id]
         # a batch of done outcomes commits without waiting for the WAL flush
         assert await other.fetchval("SHOW synchronous_commit") == "off"
@@ -1193,10 +1194,10 @@ async def test_postgres_hot_statements_use_indexes_even_when_planned_on_small_ta
 
     await asyncio.gather(*(pg.add(make_delivery(clock, f"d{i}")) for i in range(30)))
     statements = {
-        "a": (ADD_BATCH, "'{x}','{w}','{e}','{k}','{}','{[]}','{q}','{1}','{pending}',"
-                         "'{x}','{h}','{1}','{t}','{w}','{31}','c'"),
+        "a": (ADD_BATCH, """'[["x","w","e","k",[],"q",1,"pending"]]','{""}',"""
+                         """'[["x","h",1,"t","w",31]]','c'"""),
         "c": (CLAIM, "1.0, 4, 30.0, 'w', 'e'"),
-        "f": (FINISH_BATCH, "'{1}','{t}','{done}','{NULL}','{NULL}','{0}','{1}','{1}','{d0}','c',false"),
+        "f": (FINISH_BATCH, """'[[1,"t","done",null,null,0,1,1]]','{d0}','c',false"""),
     }  # fmt: skip
     async with pg.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from dispatcher.inbox.base import ClaimedTask, NewDelivery, dump_headers, fresh_task
+import orjson
+
+from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task
 from dispatcher.inbox.states import RERUNNABLE_OUTCOMES
 
 if TYPE_CHECKING:
@@ -164,7 +166,8 @@ def _fail(futures: list[asyncio.Future[R]], error: BaseException) -> None:
 # -- the two flushes of the PostgreSQL inbox ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as NewDelivery: every delivery makes one, and a frozen field costs a call.
+@dataclass(slots=True)
 class Add:
     delivery: NewDelivery
     handlers: tuple[str, ...]  # unique, in order
@@ -179,7 +182,7 @@ class Add:
 Added = tuple[str, list[ClaimedTask], bool]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     task: ClaimedTask
     status: str  # done, dead, or pending (a retry at retry_at)
@@ -203,6 +206,7 @@ class AddWriter:
             asyncpg.exceptions.IntegrityConstraintViolationError,
             asyncpg.exceptions.DataError,
             asyncpg.exceptions._base.DataError,
+            orjson.JSONEncodeError,  # a str JSON cannot carry (a lone surrogate)
         )
 
     async def __call__(self, batch: list[Add]) -> list[Added | Exception]:
@@ -229,7 +233,7 @@ class AddWriter:
         # index's locks in one order (see ADD_BATCH); sorted() is stable, so among repeats
         # of a key inside the batch the first submitted is the one stored.
         order = sorted(range(len(batch)), key=lambda i: _key_order(batch[i].delivery))
-        rows = [batch[i].delivery for i in order]
+        rows = [batch[i] for i in order]
         # (delivery id, handler, due at, lease token or None, worker, lease until)
         tasks: list[tuple[str, str, float, str | None, str | None, float | None]] = []
         leases: list[list[tuple[str, str]]] = []  # per add: (handler, token) of its claims
@@ -243,20 +247,15 @@ class AddWriter:
                     tasks.append((add.delivery.id, handler, add.now, *lease))
                 else:
                     tasks.append((add.delivery.id, handler, add.now, None, None, None))
-        task_columns = [list(column) for column in zip(*tasks, strict=True)] or [[]] * 6
+        # The headers go in as the JSON array of pairs that dump_headers would make.
+        deliveries = orjson.dumps([
+            (d.id, d.webhook, d.event, d.idempotency_key, d.headers, d.query, d.received_at,
+             "pending" if add.handlers else "done")
+            for add in rows for d in (add.delivery,)
+        ]).decode()  # fmt: skip
+        bodies = [add.delivery.body for add in rows]
         result = await conn.fetchrow(
-            self._sql,
-            [d.id for d in rows],
-            [d.webhook for d in rows],
-            [d.event for d in rows],
-            [d.idempotency_key for d in rows],
-            [d.body for d in rows],
-            [dump_headers(d.headers) for d in rows],
-            [d.query for d in rows],
-            [d.received_at for d in rows],
-            ["pending" if batch[i].handlers else "done" for i in order],
-            *task_columns,
-            self._channel,
+            self._sql, deliveries, bodies, orjson.dumps(tasks).decode(), self._channel
         )
         stored = set(result["stored"])
         task_ids = dict(zip(result["claimed_tokens"], result["claimed_ids"], strict=True))
@@ -287,16 +286,14 @@ class OutcomeWriter:
         self._channel = channel
 
     async def __call__(self, batch: list[Outcome]) -> list[bool]:
+        outcomes = orjson.dumps([
+            (int(o.task.task_id), o.task.lease_token, o.status, o.error, o.retry_at,
+             o.task.series, o.task.attempt, o.now)
+            for o in batch
+        ]).decode()  # fmt: skip
         result = await self._pool.fetchrow(
             self._sql,
-            [int(o.task.task_id) for o in batch],
-            [o.task.lease_token for o in batch],
-            [o.status for o in batch],
-            [o.error for o in batch],
-            [o.retry_at for o in batch],
-            [o.task.series for o in batch],
-            [o.task.attempt for o in batch],
-            [o.now for o in batch],
+            outcomes,
             sorted({o.task.delivery_id for o in batch}),  # the lock order: see FINISH_BATCH
             self._channel,
             # A batch of only RERUNNABLE_OUTCOMES commits with synchronous_commit off: the
