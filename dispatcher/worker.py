@@ -358,12 +358,14 @@ class Worker:
 def describe(exc: BaseException) -> str:
     """``Type: message`` and the last traceback lines: what an operator needs to triage.
 
-    A NUL character is written as ``\\x00``: PostgreSQL text cannot hold one, and an
-    outcome it refused would leave the task leased, to run again at every lease's end.
+    A NUL character is written as ``\\x00``, and a lone surrogate as ``\\udXXX``: no
+    PostgreSQL text can hold them, and an outcome it refused would leave the task leased,
+    to run again at the end of every lease.
     """
     head = f"{type(exc).__name__}: {exc}"
     frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip().splitlines()
     text = "\n".join([head, *frames[-TRACEBACK_LINES:]]).replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 

@@ -1070,13 +1070,16 @@ async def test_postgres_a_refused_row_fails_only_its_own_add(pg: Any, clock: Fak
     adds.insert(5, pg.add(make_delivery(clock, "taken", handlers=("x", "y"))))  # a reused id
     nul = dataclasses.replace(make_delivery(clock, "nul"), query="a=\x00")  # text PG refuses
     adds.insert(12, pg.add(nul))
+    lone = dataclasses.replace(make_delivery(clock, "lone"), query="a=\ud800")  # no UTF-8
+    adds.insert(17, pg.add(lone))
     results = await asyncio.gather(*adds, return_exceptions=True)
     assert isinstance(results[5], asyncpg.exceptions.UniqueViolationError)
     assert isinstance(results[12], asyncpg.exceptions.DataError)
-    assert results[:5] + results[6:12] + results[13:] == ["stored"] * 20
+    assert isinstance(results[17], asyncpg.exceptions._base.DataError)
+    assert results[:5] + results[6:12] + results[13:17] + results[18:] == ["stored"] * 20
     assert pg.commits == 2  # the batch was redone row by row, still in one transaction
     assert [t["handler"] for t in (await pg.get("taken"))["tasks"]] == ["h1"]
-    assert await pg.get("nul") is None
+    assert await pg.get("nul") is None and await pg.get("lone") is None
     assert await pg.pending_count() == 21
 
 

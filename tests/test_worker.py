@@ -129,11 +129,13 @@ async def test_an_always_failing_handler_is_dead_after_max_attempts(store: Inbox
     assert got["last_error"].startswith("RuntimeError: flaky 3")
 
 
-async def test_an_error_message_with_a_nul_character_is_recorded(store: InboxStore) -> None:
-    # PostgreSQL text cannot hold a NUL: the outcome must still be stored, or the task
+async def test_an_error_message_with_a_nul_or_a_lone_surrogate_is_recorded(
+    store: InboxStore,
+) -> None:
+    # PostgreSQL text cannot hold either: the outcome must still be stored, or the task
     # would stay leased and run again at the end of every lease.
     async def nul(task: ClaimedTask) -> None:
-        raise ValueError("bad byte \x00 here")
+        raise ValueError("bad byte \x00 here, bad text \ud800 there")
 
     worker = Worker(store, nul, retry_for=lambda t: Retry(max_attempts=1), poll_interval=0.05)
     await store.add(delivery(id="d1"))
@@ -144,7 +146,7 @@ async def test_an_error_message_with_a_nul_character_is_recorded(store: InboxSto
         await worker.stop()
     got = await store.get("d1")
     assert got is not None and got["status"] == "dead"
-    assert got["last_error"].startswith("ValueError: bad byte \\x00 here\n")
+    assert got["last_error"].startswith("ValueError: bad byte \\x00 here, bad text \\ud800 there\n")
 
 
 async def test_retries_wait_for_the_backoff_delay(anyio_backend: str) -> None:

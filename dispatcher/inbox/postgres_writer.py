@@ -206,8 +206,8 @@ class AddWriter:
             asyncpg.exceptions.IntegrityConstraintViolationError,
             asyncpg.exceptions.DataError,
             asyncpg.exceptions._base.DataError,
-            orjson.JSONEncodeError,  # a str JSON cannot carry (a lone surrogate)
         )
+        self._data_error = asyncpg.exceptions._base.DataError
 
     async def __call__(self, batch: list[Add]) -> list[Added | Exception]:
         async with self._pool.acquire() as conn:
@@ -248,11 +248,15 @@ class AddWriter:
                 else:
                     tasks.append((add.delivery.id, handler, add.now, None, None, None))
         # The headers go in as the JSON array of pairs that dump_headers would make.
-        deliveries = orjson.dumps([
-            (d.id, d.webhook, d.event, d.idempotency_key, d.headers, d.query, d.received_at,
-             "pending" if add.handlers else "done")
-            for add in rows for d in (add.delivery,)
-        ]).decode()  # fmt: skip
+        try:
+            deliveries = orjson.dumps([
+                (d.id, d.webhook, d.event, d.idempotency_key, d.headers, d.query,
+                 d.received_at, "pending" if add.handlers else "done")
+                for add in rows for d in (add.delivery,)
+            ]).decode()  # fmt: skip
+        except orjson.JSONEncodeError as error:  # a lone surrogate: no text can hold it
+            message = f"a delivery holds text PostgreSQL cannot store: {error}"
+            raise self._data_error(message) from error
         bodies = [add.delivery.body for add in rows]
         result = await conn.fetchrow(
             self._sql, deliveries, bodies, orjson.dumps(tasks).decode(), self._channel
