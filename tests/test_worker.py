@@ -54,6 +54,15 @@ async def drain(store: InboxStore, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
+async def run_until_idle(worker: Worker, store: InboxStore) -> None:
+    """Start ``worker``, wait until the inbox is idle, stop it."""
+    await worker.start()
+    try:
+        await drain(store)
+    finally:
+        await worker.stop()
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[InboxStore]:
     if request.param == "memory":
@@ -90,11 +99,7 @@ async def test_a_handler_failing_twice_then_succeeding_ends_done(store: InboxSto
     handler = Flaky(2)
     worker = Worker(store, handler, retry_for=lambda task: FAST, poll_interval=0.05)
     await store.add(delivery(id="d1"))
-    await worker.start()
-    try:
-        await drain(store)
-    finally:
-        await worker.stop()
+    await run_until_idle(worker, store)
     assert [t.attempt for t in handler.calls] == [1, 2, 3]
     got = await store.get("d1")
     assert got is not None and got["status"] == "done"
@@ -139,11 +144,7 @@ async def test_an_error_message_with_a_nul_or_a_lone_surrogate_is_recorded(
 
     worker = Worker(store, nul, retry_for=lambda t: Retry(max_attempts=1), poll_interval=0.05)
     await store.add(delivery(id="d1"))
-    await worker.start()
-    try:
-        await drain(store)
-    finally:
-        await worker.stop()
+    await run_until_idle(worker, store)
     got = await store.get("d1")
     assert got is not None and got["status"] == "dead"
     assert got["last_error"].startswith("ValueError: bad byte \\x00 here, bad text \\ud800 there\n")
