@@ -11,12 +11,12 @@ receiver queued during one turn of its event loop, at most ``sqlite_writer.FRAME
 takes every frame that has arrived, up to ``batch_size`` operations, and runs them as
 one transaction: one ``COMMIT``, one fsync of the WAL. Then it writes one answer frame
 with a result per operation. It reads stdin itself, between batches, not on a thread of
-its own: a thread waiting on the pipe had to be woken for every frame, and waking it cost
-the receiver more CPU than anything else it does per frame. Frames that come while a
-batch runs now wait in the pipe, and the receiver's side never blocks on a full one
-(``sqlite_writer._Outlet``). An operation is answered only after the transaction
-holding it committed, so acknowledged means durable. If one operation fails, the batch
-runs again with each operation in a savepoint of its own, so only that one fails.
+its own: a thread waiting on the pipe had to be woken for every frame, and the wake-up
+was most of what a frame cost the receiver. Frames that come while a batch runs wait in
+the pipe, and the receiver's side never blocks on a full one (``sqlite_writer._Outlet``).
+An operation is answered only after the transaction holding it committed, so
+acknowledged means durable. If one operation fails, the batch runs again with each
+operation in a savepoint of its own, so only that one fails.
 
 Its life. It ignores SIGINT and SIGTERM (a terminal's Ctrl-C or a supervisor's TERM
 reach the whole process group, and the receiver must still be able to write during its
@@ -153,7 +153,9 @@ class Frames:
         ops: list[Op] = []
         while True:
             self._split(ops, limit)
-            if len(ops) >= limit or self.ended or not self._read(wait=not ops):
+            if len(ops) >= limit or self.ended:
+                return ops
+            if not self._read(wait=not ops) and ops:  # nothing more has come: go
                 return ops
 
     def _read(self, wait: bool) -> bool:
