@@ -13,6 +13,7 @@ from .errors import (
     DispatcherError,
     HandlerRegistrationError,
     NotFoundError,
+    UnstorableError,
     ValidationError,
 )
 from .event import Event
@@ -34,6 +35,7 @@ __all__ = [
     "NotFoundError",
     "Retry",
     "Router",
+    "UnstorableError",
     "ValidationError",
     "Webhook",
     "WebhookEvent",

@@ -47,6 +47,11 @@ class CatalogError(ValidationError):
         self.location = source
 
 
+class UnstorableError(DispatcherError, ValueError):
+    """The inbox's database refuses a delivery's data as it is (PostgreSQL text cannot
+    hold a NUL character, say): storing it again will never work."""
+
+
 class NotFoundError(DispatcherError, LookupError):
     """An unknown webhook or event tag. ``suggestion`` is the closest known tag, if any."""
 

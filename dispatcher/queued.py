@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import QueryParams
 
 from .bodies import body_kind, parse_body
-from .errors import DispatcherError, ValidationError
+from .errors import DispatcherError, UnstorableError, ValidationError
 from .event import Event
 from .headers import Headers
 from .inbox import InboxStore, open_inbox
@@ -149,6 +149,14 @@ class QueuedMode:
             name, lease = "", 0.0
         try:
             outcome, claimed = await self.store.add_and_claim(delivery, name, lease, reserved)
+        except UnstorableError as error:  # its data, not the store: a retry cannot help
+            logger.warning("inbox: refused delivery %s: %s", event.id, error)
+            return rejected(
+                422, "unstorable_delivery",
+                "the delivery holds data the inbox cannot store (a NUL character in its "
+                "idempotency key, say); nothing was accepted, and sending it again will not help",
+                webhook=event.webhook,
+            )  # fmt: skip
         except Exception as error:
             logger.error("inbox: could not store delivery %s: %r", event.id, error)
             return rejected(

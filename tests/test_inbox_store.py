@@ -24,7 +24,7 @@ import anyio
 import orjson
 import pytest
 
-from dispatcher.errors import NotFoundError, ValidationError
+from dispatcher.errors import NotFoundError, UnstorableError, ValidationError
 from dispatcher.inbox import (
     InboxStore,
     MemoryStore,
@@ -1074,8 +1074,11 @@ async def test_postgres_a_refused_row_fails_only_its_own_add(pg: Any, clock: Fak
     adds.insert(17, pg.add(lone))
     results = await asyncio.gather(*adds, return_exceptions=True)
     assert isinstance(results[5], asyncpg.exceptions.UniqueViolationError)
-    assert isinstance(results[12], asyncpg.exceptions.DataError)
-    assert isinstance(results[17], asyncpg.exceptions._base.DataError)
+    # Text it cannot store: no retry can help, and the error says so.
+    assert isinstance(results[12], UnstorableError)
+    assert isinstance(results[12].__cause__, asyncpg.exceptions.DataError)
+    assert isinstance(results[17], UnstorableError)
+    assert isinstance(results[17].__cause__, asyncpg.exceptions._base.DataError)
     assert results[:5] + results[6:12] + results[13:17] + results[18:] == ["stored"] * 20
     assert pg.commits == 2  # the batch was redone row by row, still in one transaction
     assert [t["handler"] for t in (await pg.get("taken"))["tasks"]] == ["h1"]

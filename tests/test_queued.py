@@ -180,6 +180,32 @@ async def test_a_store_that_cannot_write_gets_503_and_nothing_runs() -> None:
     assert ran == []
 
 
+async def test_a_delivery_the_inbox_cannot_store_gets_422_not_503(postgres_url: str) -> None:
+    # PostgreSQL text cannot hold a NUL: a 503 would have the provider retry forever.
+    url = f"{postgres_url}?schema=t_{uuid.uuid4().hex[:10]}"
+    hooks = make(url)
+    ran: list[Event] = []
+    hooks.on("w:a", ran.append)
+    try:
+        async with testing.client(hooks) as client:
+            response = await client.post("/w", json={"type": "a", "id": "bad\u0000key"})
+            assert response.status_code == 422
+            assert response.json()["error"] == "unstorable_delivery"
+            assert "sending it again will not help" in response.json()["detail"]
+            assert "0x00" not in response.text  # the database's own words stay in the log
+            ok = await client.post("/w", json={"type": "a", "id": "good"})
+            assert ok.status_code == 202  # the next delivery is stored as usual
+            await client.drain()
+            stats = await hooks.inbox.store.stats()  # type: ignore[union-attr]
+            assert stats["deliveries"]["done"] == 1 and stats["deliveries"]["pending"] == 0
+        assert [e.payload["id"] for e in ran] == ["good"]
+    finally:
+        store = open_inbox(url)
+        await store.open()
+        await store.drop_schema()  # type: ignore[attr-defined]
+        await store.close()
+
+
 async def test_a_task_whose_handler_is_gone_is_reported_and_dead_lettered() -> None:
     store = MemoryStore()
     first = make(store, concurrency=0)  # receive only

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import orjson
 
+from dispatcher.errors import UnstorableError
 from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task
 from dispatcher.inbox.states import RERUNNABLE_OUTCOMES
 
@@ -201,20 +202,24 @@ class AddWriter:
         self._pool = pool
         self._sql = sql  # ADD_BATCH, schema filled in
         self._channel = channel
-        # What the server (or asyncpg, encoding the arguments) raises for one row's data.
-        self._row_errors: tuple[type[Exception], ...] = (
-            asyncpg.exceptions.IntegrityConstraintViolationError,
+        # What the server (or asyncpg, encoding the arguments) raises for one row's data:
+        # the data errors mean the delivery can never be stored as it is.
+        self._data_errors: tuple[type[Exception], ...] = (
             asyncpg.exceptions.DataError,
             asyncpg.exceptions._base.DataError,
         )
+        self._row_errors = (asyncpg.exceptions.IntegrityConstraintViolationError,
+                            *self._data_errors)  # fmt: skip
         self._data_error = asyncpg.exceptions._base.DataError
 
     async def __call__(self, batch: list[Add]) -> list[Added | Exception]:
         async with self._pool.acquire() as conn:
             try:
                 return await self._insert(conn, batch)
-            except self._row_errors:
+            except self._row_errors as error:
                 if len(batch) == 1:
+                    if isinstance(error, self._data_errors):
+                        raise _unstorable(error) from error
                     raise
             # One delivery the database refuses (a reused id, text it cannot store) must
             # not fail the others: redo them in one transaction, each in a savepoint.
@@ -224,6 +229,8 @@ class AddWriter:
                     try:
                         async with conn.transaction():
                             results.extend(await self._insert(conn, [add]))
+                    except self._data_errors as exc:
+                        results.append(_unstorable(exc))
                     except self._row_errors as exc:
                         results.append(exc)
             return results
@@ -309,6 +316,13 @@ class OutcomeWriter:
         # Not finished: fenced, the lease lapsed and someone else holds the task now.
         finished = set(result["finished"])
         return [int(o.task.task_id) in finished for o in batch]
+
+
+def _unstorable(error: Exception) -> UnstorableError:
+    """A data error of one delivery's row: trying again cannot help."""
+    refused = UnstorableError(f"PostgreSQL cannot store this delivery: {error}")
+    refused.__cause__ = error
+    return refused
 
 
 def _key_order(delivery: NewDelivery) -> tuple[bool, str, str]:
