@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 LENGTH = struct.Struct("<I")
-#: How much of the pipe one read takes: every frame there, as a rule.
-READ_SIZE = 1 << 20
+#: How much of a pipe one read takes: every frame there, as a rule.
+READ_SIZE = 1 << 18
 
 #: (op id, op name, grouped?, argument)
 Op = tuple[int, str, bool, Any]
@@ -61,6 +61,37 @@ def write_frame(fd: int, value: Any) -> None:
     view = memoryview(encode_frame(value))
     while view:
         view = view[os.write(fd, view) :]
+
+
+def read_available(fd: int, buffer: bytearray) -> tuple[bool, bool]:
+    """Append what the non-blocking ``fd`` holds to ``buffer``, without waiting: whether
+    anything came, and whether the other side closed the pipe."""
+    got = False
+    while True:
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return got, False
+        except OSError:  # as good as closed
+            return got, True
+        if not chunk:
+            return got, True
+        buffer += chunk
+        if len(chunk) < READ_SIZE:  # all there was: no second call to find that out
+            return True, False
+        got = True
+
+
+def next_frame(buffer: bytearray, start: int) -> tuple[Any, int] | None:
+    """The value of the frame at ``start`` in ``buffer`` and where the next one starts,
+    or None while that frame has not all arrived."""
+    if len(buffer) - start < LENGTH.size:
+        return None
+    (length,) = LENGTH.unpack_from(buffer, start)
+    end = start + LENGTH.size + length
+    if len(buffer) < end:
+        return None
+    return marshal.loads(buffer[start + LENGTH.size : end]), end
 
 
 def read_frame(fd: int) -> Any:
@@ -163,30 +194,17 @@ class Frames:
         nothing had."""
         if wait:
             select.select([self.fd], [], [])
-        got = False
-        while True:
-            try:
-                chunk = os.read(self.fd, READ_SIZE)
-            except BlockingIOError:
-                return got
-            except OSError:  # as good as closed
-                chunk = b""
-            if not chunk:
-                self.ended = True
-                return got
-            self._buffer += chunk
-            got = True
+        got, ended = read_available(self.fd, self._buffer)
+        if ended:
+            self.ended = True
+        return got
 
     def _split(self, ops: list[Op], limit: int) -> None:
         """Move the buffer's complete frames into ``ops``, until there are ``limit``."""
         buffer, start = self._buffer, 0
-        while len(ops) < limit and len(buffer) - start >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(buffer, start)
-            end = start + LENGTH.size + length
-            if len(buffer) < end:
-                break
-            ops.extend(marshal.loads(buffer[start + LENGTH.size : end]))
-            start = end
+        while len(ops) < limit and (frame := next_frame(buffer, start)) is not None:
+            value, start = frame
+            ops.extend(value)
         del buffer[:start]
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import marshal
 import os
 import select
 import sqlite3
@@ -37,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.errors import NotFoundError, ValidationError
-from dispatcher.inbox.sqlite_process import LENGTH, encode_frame, read_frame
+from dispatcher.inbox.sqlite_process import (
+    encode_frame,
+    next_frame,
+    read_available,
+    read_frame,
+)
 
 _PROCESS = str(Path(__file__).with_name("sqlite_process.py"))
 
@@ -390,32 +394,14 @@ class _Answers:
         """Read what arrived and answer every complete frame in it."""
         if not self._reading.acquire(blocking=False):
             return  # the other reader has it
-        ended = False
         try:
             buffer = self._buffer
-            while True:
-                try:
-                    chunk = os.read(self.fd, 1 << 18)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    ended = True
-                    break
-                buffer += chunk
-                if len(chunk) < 1 << 18:
-                    break
+            _, ended = read_available(self.fd, buffer)
             start = 0
-            while len(buffer) - start >= LENGTH.size:
-                (length,) = LENGTH.unpack_from(buffer, start)
-                end = start + LENGTH.size + length
-                if len(buffer) < end:
-                    break
+            while (frame := next_frame(buffer, start)) is not None:
                 # Answered under the lock, so frames are answered in the order they came.
-                commits, answers = marshal.loads(buffer[start + LENGTH.size : end])
+                (commits, answers), start = frame
                 self.writer._answered(commits, answers)
-                start = end
             del buffer[:start]
         finally:
             self._reading.release()
