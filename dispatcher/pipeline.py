@@ -232,7 +232,10 @@ class Pipeline:
         """Run an admitted delivery's handlers (inline mode), or store it (queued mode)."""
         hooks = self.hooks
         if hooks.inbox is not None:
-            return await hooks.inbox.enqueue(delivery, handlers, key)
+            stored = await hooks.inbox.enqueue(delivery, handlers, key)
+            if stored is None:  # queued
+                return DispatchResult("queued", 202, delivery.id, delivery.webhook, delivery.tag)
+            return stored
         if key is None:
             return await self.run(delivery, handlers)
         guard = hooks.idempotency

@@ -126,18 +126,17 @@ class QueuedMode:
 
     async def enqueue(
         self, event: Event, handlers: tuple[Handler, ...], key: str | None
-    ) -> DispatchResult:
-        delivery = NewDelivery(
-            id=event.id,
-            webhook=event.webhook,
-            event=event.tag,
-            idempotency_key=key,
-            body=event.body,
-            headers=event.headers.raw,
-            query=str(event.query) if event.query else "",
-            received_at=event.received_timestamp,
-            handlers=tuple(handler.key for handler in handlers),
-        )
+    ) -> DispatchResult | None:
+        """Store ``event`` and its handlers' tasks. None when it was stored and queued, the
+        commonest outcome: the receiver answers that 202 from a template (``queued``), as
+        it does a handled delivery's 200, without a DispatchResult and its body's calls."""
+        received = event._received  # received_timestamp, without its call: a float here
+        delivery = NewDelivery(  # positional: keyword arguments cost more on this path
+            event.id, event.webhook, event.tag, key, event.body, event.headers.raw,
+            str(event.query) if event.query else "",
+            received if received.__class__ is float else event.received_timestamp,
+            tuple([handler.key for handler in handlers]),
+        )  # fmt: skip
         # This process's workers take the tasks they have room for in the transaction that
         # stores them, and start them as soon as it committed (InboxStore.add_and_claim).
         worker = self.worker
@@ -177,7 +176,7 @@ class QueuedMode:
                 fresh.popitem(last=False)
             if claimed:
                 worker.adopt(claimed, reserved)
-        return DispatchResult("queued", 202, event.id, event.webhook, event.tag)
+        return None
 
     # --- the workers' side -----------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class Receiver:
         # path and method (404, 405), size (413), then the pipeline. It leaves a
         # DispatchResult, or (the commonest delivery, below) nothing but `delivery`.
         result: DispatchResult | None = None
+        queued = False  # stored for the workers: answered 202 from a template, as below
         webhook = self.catalog.webhooks.get(tag)
         if webhook is None:  # no webhook tag starts with "_", so the receiver's own routes
             if path.startswith("/_"):  # are looked for only here, off the hot path
@@ -111,6 +112,7 @@ class Receiver:
                         delivery, handlers, key = admitted  # type: ignore[misc]
                         if self.inbox is not None:  # pipeline.execute's first step, inline
                             result = await self.inbox.enqueue(delivery, handlers, key)
+                            queued = result is None
                         elif len(handlers) != 1 or key is not None or not handlers[0].is_async:
                             result = await pipeline.execute(delivery, handlers, key)
                         else:
@@ -134,10 +136,15 @@ class Receiver:
                                     result = pipeline.handler_returned(
                                         handler, delivery, returned, began
                                     )
-        if result is None:  # the commonest delivery, handled: answered from a template
+        if result is None:  # the commonest delivery, handled or queued: from a template
             event = delivery.tag
-            status = outcome = "processed" if event is not None else "unmatched"
-            http_status, delivery_id, extra = 200, delivery.id, None
+            if queued:
+                status = outcome = "queued"
+                http_status = 202
+            else:
+                status = outcome = "processed" if event is not None else "unmatched"
+                http_status = 200
+            delivery_id, extra = delivery.id, None
             try:  # success_body, inline
                 content: bytes | None = _ANSWERS[status][event or tag] % delivery_id.encode()
             except KeyError:
@@ -157,7 +164,9 @@ class Receiver:
         else:  # a handler's own Response
             await result.response(scope, receive, send)  # type: ignore[union-attr, misc]
         took = perf_counter() - start
-        if result is None and event is not None:  # the commonest: one call counts it all
+        if queued:
+            self.metrics.delivery(tag, event, "queued", took)
+        elif result is None and event is not None:  # the commonest: one call counts it all
             self.metrics.processed(tag, event, handler_took, took)
         else:
             if result is None:  # an unmatched payload's on_unmatched handler ran

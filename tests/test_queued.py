@@ -59,6 +59,19 @@ async def test_deliveries_are_stored_then_answered_202_and_run_by_workers(inbox_
         assert (await client.get("/_health")).json()["mode"] == "queued"
 
 
+async def test_dispatch_without_http_stores_and_reports_queued() -> None:
+    hooks = make("memory://", concurrency=0)
+    hooks.on("w:a", lambda e: None)
+    async with testing.client(hooks):
+        result = await hooks.dispatch("w", {"type": "a", "id": "d1"})
+        assert (result.status, result.http_status) == ("queued", 202)
+        assert (result.webhook, result.event) == ("w", "w:a")
+        stored = await hooks.inbox.store.get(result.id)  # type: ignore[union-attr, arg-type]
+        assert stored["status"] == "pending"
+        again = await hooks.dispatch("w", {"type": "a", "id": "d1"})
+        assert (again.status, again.http_status) == ("duplicate", 200)
+
+
 async def test_a_stored_key_is_seen_whatever_its_outcome(inbox_url: str) -> None:
     hooks = make(inbox_url)
     hooks.on("w:a", lambda e: 1 / 0)
