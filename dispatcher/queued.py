@@ -133,7 +133,7 @@ class QueuedMode:
         received = event._received  # received_timestamp, without its call: a float here
         delivery = NewDelivery(  # positional: keyword arguments cost more on this path
             event.id, event.webhook, event.tag, key, event.body, event.headers.raw,
-            str(event.query) if event.query else "",
+            "" if event.query is EMPTY_QUERY else str(event.query),  # no __len__ call
             received if received.__class__ is float else event.received_timestamp,
             tuple([handler.key for handler in handlers]),
         )  # fmt: skip

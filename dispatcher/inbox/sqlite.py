@@ -135,7 +135,7 @@ class SQLiteStore(InboxStore):
 
     def _write_grouped(self, name: str, item: Any) -> asyncio.Future[Any]:
         """Write ``item`` with the rest of its group (sqlite_ops.GROUPED[name])."""
-        return self._open_writer().submit_grouped(name, item)
+        return self._open_writer().submit(name, item, True)
 
     def _open_writer(self) -> Writer:
         if self._writer is None:
@@ -177,11 +177,14 @@ class SQLiteStore(InboxStore):
         self, delivery: NewDelivery, worker: str, lease: float, limit: int
     ) -> tuple[str, list[ClaimedTask]]:
         d = delivery
-        outcome, claimed, left_pending = await self._write_grouped("add_many", (
+        writer = self._writer  # _write_grouped, inline: every queued request comes here
+        if writer is None:
+            writer = self._open_writer()  # raises: not open
+        outcome, claimed, left_pending = await writer.submit("add_many", (
             d.id, d.webhook, d.event, d.idempotency_key, d.body,
             dump_headers(d.headers), d.query, d.received_at, d.handlers,
             worker, lease, limit, self.clock(),
-        ))  # fmt: skip
+        ), True)  # fmt: skip
         if left_pending:
             self._wakeup.notify()
         return outcome, [fresh_task(d, *task) for task in claimed]

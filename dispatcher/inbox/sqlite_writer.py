@@ -83,16 +83,6 @@ class Writer:
         """Start the process (on a thread: starting one takes a few milliseconds)."""
         await asyncio.to_thread(self._ensure_process)
 
-    def submit(self, name: str, arg: Any) -> asyncio.Future[Any]:
-        """Queue the operation ``name`` of sqlite_ops.OPS; the future resolves after the
-        transaction holding it committed."""
-        return self._put(name, False, arg)
-
-    def submit_grouped(self, name: str, item: Any) -> asyncio.Future[Any]:
-        """Queue ``item`` for sqlite_ops.GROUPED[name], which writes it with the rest of
-        its group in one call."""
-        return self._put(name, True, item)
-
     async def close(self, timeout: float = 30.0) -> None:
         """Let every queued operation be answered (for up to ``timeout`` s), then end the
         process; what is still unanswered then fails."""
@@ -122,7 +112,10 @@ class Writer:
 
     # -- the caller's side -----------------------------------------------------------------
 
-    def _put(self, name: str, grouped: bool, arg: Any) -> asyncio.Future[Any]:
+    def submit(self, name: str, arg: Any, grouped: bool = False) -> asyncio.Future[Any]:
+        """Queue the operation ``name`` of sqlite_ops.OPS, or with ``grouped`` the item
+        ``arg`` for sqlite_ops.GROUPED[name], which writes it with the rest of its group
+        in one call; the future resolves after the transaction holding it committed."""
         loop = self._running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # no operation may slip in behind close() and hang
