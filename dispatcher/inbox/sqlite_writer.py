@@ -457,14 +457,17 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 def _resolve_all(
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]],
 ) -> None:
-    """Resolve each future on its own loop: one callback per loop."""
+    """Resolve each future on its own loop: now if that is this thread's loop (the answers'
+    reader callback, the common case: a loop turn sooner, no callback), else by one
+    callback on it."""
+    current = _current_loop() if by_loop else None
     for loop, results in by_loop.items():
+        if loop is current:
+            _resolve(results)
+            continue
         # RuntimeError: that loop is closed, so nobody is left to answer there.
         with contextlib.suppress(RuntimeError):
-            if _current_loop() is loop:
-                loop.call_soon(_resolve, results)
-            else:
-                loop.call_soon_threadsafe(_resolve, results)
+            loop.call_soon_threadsafe(_resolve, results)
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
