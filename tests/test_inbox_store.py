@@ -545,6 +545,8 @@ async def test_sqlite_uses_wal_and_full_sync(tmp_path: Path, anyio_backend: str)
     async with SQLiteStore(tmp_path / "a" / "b" / "inbox.db") as store:
         assert await store.pragma("journal_mode") == "wal"
         assert await store.pragma("synchronous") == 2  # FULL
+        # Statement journals (a multi-row insert's undo) stay in memory, never a temp file.
+        assert await store.pragma("temp_store") == 2  # MEMORY
     async with SQLiteStore(tmp_path / "n.db", synchronous="NORMAL") as store:
         assert await store.pragma("synchronous") == 1
     with pytest.raises(ValidationError):
