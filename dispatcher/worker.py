@@ -158,7 +158,10 @@ class Worker:
         if self._stopping or self._stopped:
             return 0
         kept = 1 if self._backlog else 0  # for the loop's claims of older work
-        held = max(0, min(wanted, self._free_slots() - kept))
+        free = self._free_slots() - kept
+        if free <= 0:  # the common case under load: every slot busy
+            return 0
+        held = wanted if wanted < free else free  # min(), without its call: every request
         self._reserved += held
         return held
 
