@@ -707,6 +707,25 @@ async def test_sqlite_writes_more_than_the_pipe_holds_while_another_writer_has_t
     assert stored == [f"big{i}" for i in range(8)]
 
 
+def test_the_writer_process_binds_none_and_bytes_through_identity_adapters() -> None:
+    # In a process of its own, as the writer does it: the tests' own sqlite3 stays as it is.
+    script = (
+        "import sqlite3\n"
+        "from dispatcher.inbox.sqlite_process import adapt_at_once\n"
+        "adapt_at_once()\n"
+        "assert (bytes, sqlite3.PrepareProtocol) in sqlite3.adapters\n"
+        "assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters\n"
+        "conn = sqlite3.connect(':memory:')\n"
+        "row = conn.execute('SELECT ?, typeof(?), ?, typeof(?)', (None, None, b'a\\0b', b'')).fetchone()\n"
+        "print(repr(row))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == repr((None, "null", b"a\0b", "blob"))
+    assert (bytes, sqlite3.PrepareProtocol) not in sqlite3.adapters  # not in this process
+
+
 def test_sqlite_writer_process_takes_whole_frames_as_they_come() -> None:
     from dispatcher.inbox.sqlite_process import Frames, encode_frame
 

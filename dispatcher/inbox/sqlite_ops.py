@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 from dispatcher.errors import NotFoundError
@@ -429,7 +430,8 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
         marks = "(" + ",".join("?" * len(rows[0])) + ")"
         for chunk in chunked(rows):
             values = ",".join([marks] * len(chunk))
-            conn.execute(f"{head} VALUES {values}", [v for row in chunk for v in row])
+            # Flattened in C: a comprehension here ran ~100 bytecodes per delivery.
+            conn.execute(f"{head} VALUES {values}", list(chain.from_iterable(chunk)))
 
 
 def chunked(items: Sequence[T]) -> Iterator[Sequence[T]]:
