@@ -130,11 +130,10 @@ class QueuedMode:
         """Store ``event`` and its handlers' tasks. None when it was stored and queued, the
         commonest outcome: the receiver answers that 202 from a template (``queued``), as
         it does a handled delivery's 200, without a DispatchResult and its body's calls."""
-        received = event._received  # received_timestamp, without its call: a float here
         delivery = NewDelivery(  # positional: keyword arguments cost more on this path
             event.id, event.webhook, event.tag, key, event.body, event.headers.raw,
             "" if event.query is EMPTY_QUERY else str(event.query),  # no __len__ call
-            received if received.__class__ is float else event.received_timestamp,
+            event.received_timestamp,
             tuple([handler.key for handler in handlers]),
         )  # fmt: skip
         # This process's workers take the tasks they have room for in the transaction that
