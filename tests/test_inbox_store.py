@@ -556,17 +556,17 @@ async def test_sqlite_uses_wal_and_full_sync(tmp_path: Path, anyio_backend: str)
 def test_only_batches_that_must_survive_a_power_loss_wait_for_an_fsync() -> None:
     from dispatcher.inbox.sqlite_ops import sync_level
 
-    def finish(status: str) -> tuple[int, str, bool, tuple[object, ...]]:
-        return (1, "finish_many", True, (7, "tok", 0, 1, "d1", status, None, None, 0.0))
+    def finish(status: str) -> tuple[str, bool, tuple[object, ...]]:
+        return ("finish_many", True, (7, "tok", 0, 1, "d1", status, None, None, 0.0))
 
-    claim, renew, add = (2, "claim", False, ()), (3, "renew", False, ()), (4, "add_many", True, ())
+    claim, renew, add = ("claim", False, ()), ("renew", False, ()), ("add_many", True, ())
     # a power loss that takes these back only makes a task run again
     for relaxed in ([claim], [renew], [finish("done")], [finish("pending"), claim, renew]):
         assert sync_level(relaxed, "FULL") == "NORMAL"
         assert sync_level(relaxed, "EXTRA") == "NORMAL"
     # acknowledged deliveries, deaths (on_error hears once) and operators' actions: fsync
-    for strict in ([add], [claim, add], [finish("done"), finish("dead")], [(5, "replay", False, ())],
-                   [(6, "purge_chunk", False, ())], [(7, "migrate", False, ())]):  # fmt: skip
+    for strict in ([add], [claim, add], [finish("done"), finish("dead")], [("replay", False, ())],
+                   [("purge_chunk", False, ())], [("migrate", False, ())]):  # fmt: skip
         assert sync_level(strict, "FULL") == "FULL"
         assert sync_level(strict, "EXTRA") == "EXTRA"
     assert sync_level([claim], "NORMAL") == sync_level([add], "NORMAL") == "NORMAL"
@@ -610,9 +610,9 @@ async def test_sqlite_sends_a_full_frame_before_the_loop_turn_ends(
     frames: list[int] = []
     send = sqlite_writer.Writer._send
 
-    def recording_send(writer: Any, ops: list[Any]) -> None:
-        frames.append(len(ops))
-        send(writer, ops)
+    def recording_send(writer: Any, frame: Any) -> None:
+        frames.append(len(frame.ops))
+        send(writer, frame)
 
     full = sqlite_writer.FRAME_OPS
     async with SQLiteStore(tmp_path / "inbox.db", clock=clock) as store:
@@ -729,24 +729,28 @@ def test_the_writer_process_binds_none_and_bytes_through_identity_adapters() -> 
 def test_sqlite_writer_process_takes_whole_frames_as_they_come() -> None:
     from dispatcher.inbox.sqlite_process import Frames, encode_frame
 
-    def frame(first: int) -> bytes:
-        return encode_frame([(i, "add_many", True, i) for i in range(first, first + 5)])
+    def frame(first: int) -> bytes:  # frame id `first`, ops numbered from it
+        return encode_frame((first, [("add_many", True, i) for i in range(first, first + 5)]))
+
+    def numbers(frames: list[Any]) -> list[int]:
+        assert all(ops[0][2] == frame_id for frame_id, ops in frames)  # ids kept
+        return [op[2] for _, ops in frames for op in ops]
 
     read, write = os.pipe()
     try:
         frames = Frames(read)
         os.write(write, frame(0) + frame(5) + frame(10))
         # Whole frames until the limit is reached or passed; the rest waits its turn.
-        assert [op[0] for op in frames.take(8)] == list(range(10))
-        assert [op[0] for op in frames.take(8)] == list(range(10, 15))
+        assert numbers(frames.take(8)) == list(range(10))
+        assert numbers(frames.take(8)) == list(range(10, 15))
         half = frame(15)
         os.write(write, half[:7])  # a frame cut in two by the pipe...
         threading.Timer(0.05, os.write, (write, half[7:])).start()
-        assert [op[0] for op in frames.take(8)] == list(range(15, 20))  # ...waited for
+        assert numbers(frames.take(8)) == list(range(15, 20))  # ...waited for
         os.write(write, frame(20))
         os.close(write)
         write = -1
-        assert [op[0] for op in frames.take(8)] == list(range(20, 25))  # what came first
+        assert numbers(frames.take(8)) == list(range(20, 25))  # what came first
         assert frames.take(8) == []  # then the end
     finally:
         os.close(read)

@@ -367,7 +367,7 @@ GROUPED: dict[str, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = {
 }
 
 
-def sync_level(ops: list[tuple[int, str, bool, Any]], configured: str) -> str:
+def sync_level(ops: list[tuple[str, bool, Any]], configured: str) -> str:
     """The ``synchronous`` setting a batch commits with: the store's, except that FULL
     (or EXTRA) becomes NORMAL, no fsync in WAL mode, for a batch that does not need it."""
     if configured in ("FULL", "EXTRA") and not needs_sync(ops):
@@ -375,7 +375,7 @@ def sync_level(ops: list[tuple[int, str, bool, Any]], configured: str) -> str:
     return configured
 
 
-def needs_sync(ops: list[tuple[int, str, bool, Any]]) -> bool:
+def needs_sync(ops: list[tuple[str, bool, Any]]) -> bool:
     """Whether a batch must be on disk before it is answered (fsync at COMMIT).
 
     Acknowledged deliveries must (``add_many``), and so must operators' actions and dead
@@ -387,7 +387,7 @@ def needs_sync(ops: list[tuple[int, str, bool, Any]]) -> bool:
     a process crash loses neither kind. A 1-worker drain is a claim and its outcomes per
     transaction, each of which waited for an fsync.
     """
-    for _, name, _, arg in ops:
+    for name, _, arg in ops:
         if name in ("claim", "renew"):
             continue
         if name == "finish_many" and arg[5] in RERUNNABLE_OUTCOMES:

@@ -9,8 +9,8 @@ reads the answers back.
 What it does. It reads frames of operations from stdin (each frame: the operations a
 receiver queued during one turn of its event loop, at most ``sqlite_writer.FRAME_OPS``),
 takes every frame that has arrived, up to ``batch_size`` operations, and runs them as
-one transaction: one ``COMMIT``, one fsync of the WAL. Then it writes one answer frame
-with a result per operation. It reads stdin itself, between batches, not on a thread of
+one transaction: one ``COMMIT``, one fsync of the WAL. Then it writes one answer frame:
+for each frame it took, the results of its operations in their order. It reads stdin itself, between batches, not on a thread of
 its own: a thread waiting on the pipe had to be woken for every frame, and the wake-up
 was most of what a frame cost the receiver. Frames that come while a batch runs wait in
 the pipe, and the receiver's side never blocks on a full one (``sqlite_writer._Outlet``).
@@ -24,7 +24,9 @@ graceful shutdown), and exits when stdin closes: when the store closes, or when 
 receiver died, whatever killed it. A transaction it was in then still commits or rolls
 back as a whole.
 
-Frames are a 4-byte little-endian length and a ``marshal`` payload, both ways.
+Frames are a 4-byte little-endian length and a ``marshal`` payload, both ways: the
+receiver sends (frame id, [Op, ...]) and gets back (commits so far, [(frame id,
+[Result, ...]), ...]); on starting, the process sends one Result, ready or not.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import sqlite3
 import struct
 import sys
 import types
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +48,12 @@ LENGTH = struct.Struct("<I")
 #: How much of a pipe one read takes: every frame there, as a rule.
 READ_SIZE = 1 << 18
 
-#: (op id, op name, grouped?, argument)
-Op = tuple[int, str, bool, Any]
-#: (op id, ok?, result, or (error kind, error arguments))
-Answer = tuple[int, bool, Any]
+#: (op name, grouped?, argument)
+Op = tuple[str, bool, Any]
+#: (ok?, the op's result, or (error kind, error arguments))
+Result = tuple[bool, Any]
+#: (frame id, its ops)
+Frame = tuple[int, list[Op]]
 
 
 def encode_frame(value: Any) -> bytes:
@@ -139,20 +144,21 @@ def main(path: str, synchronous: str, busy_ms: int, batch_size: int) -> None:
     try:
         conn = connect(path, synchronous, busy_ms, sqlite_ops.STATEMENT_CACHE)
     except Exception as error:
-        write_frame(out, (0, [(0, False, encode_error(error))]))
+        write_frame(out, (False, encode_error(error)))
         return
-    write_frame(out, (0, [(0, True, "ready")]))
+    write_frame(out, (True, "ready"))
     stdin = Frames(sys.stdin.fileno())
     commits = 0
     level = synchronous = synchronous.upper()  # what connect() set
-    while ops := stdin.take(batch_size):
+    while frames := stdin.take(batch_size):
+        ops = list(chain.from_iterable([frame[1] for frame in frames]))
         wanted = sqlite_ops.sync_level(ops, synchronous)  # FULL only where it is needed
         if wanted != level:  # set outside a transaction, where it takes effect
             conn.execute(f"PRAGMA synchronous = {wanted}")
             level = wanted
-        answers, committed = run_batch(conn, ops, sqlite_ops.OPS, sqlite_ops.GROUPED)
+        results, committed = run_batch(conn, ops, sqlite_ops.OPS, sqlite_ops.GROUPED)
         commits += committed
-        write_frame(out, (commits, answers))
+        write_frame(out, (commits, by_frame(frames, results)))
     conn.close()
 
 
@@ -192,8 +198,18 @@ def connect(path: str, synchronous: str, busy_ms: int, cache: int) -> sqlite3.Co
     return conn
 
 
+def by_frame(frames: list[Frame], results: list[Result]) -> list[tuple[int, list[Result]]]:
+    """``results``, one per op of ``frames`` in order, cut into each frame's own."""
+    answers, start = [], 0
+    for frame_id, ops in frames:
+        end = start + len(ops)
+        answers.append((frame_id, results[start:end]))
+        start = end
+    return answers
+
+
 class Frames:
-    """The operations that come in on a pipe, frame by frame, read in bulk."""
+    """The frames of operations that come in on a pipe, read in bulk."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -201,17 +217,18 @@ class Frames:
         self.ended = False  # the other side closed the pipe
         self._buffer = bytearray()
 
-    def take(self, limit: int) -> list[Op]:
-        """The operations of the frames that have arrived, whole frames until there are
-        ``limit`` or more; waits for the first frame. Empty once the pipe is closed and
-        every frame was taken."""
-        ops: list[Op] = []
+    def take(self, limit: int) -> list[Frame]:
+        """The frames that have arrived, until they hold ``limit`` operations or more;
+        waits for the first frame. Empty once the pipe is closed and every frame was
+        taken."""
+        frames: list[Frame] = []
+        count = 0
         while True:
-            self._split(ops, limit)
-            if len(ops) >= limit or self.ended:
-                return ops
-            if not self._read(wait=not ops) and ops:  # nothing more has come: go
-                return ops
+            count = self._split(frames, count, limit)
+            if count >= limit or self.ended:
+                return frames
+            if not self._read(wait=not frames) and frames:  # nothing more has come: go
+                return frames
 
     def _read(self, wait: bool) -> bool:
         """Read what has arrived, first waiting for something if ``wait``; False if
@@ -223,69 +240,73 @@ class Frames:
             self.ended = True
         return got
 
-    def _split(self, ops: list[Op], limit: int) -> None:
-        """Move the buffer's complete frames into ``ops``, until there are ``limit``."""
+    def _split(self, frames: list[Frame], count: int, limit: int) -> int:
+        """Move the buffer's complete frames into ``frames`` while they hold fewer than
+        ``limit`` operations (``count`` so far); how many they hold then."""
         buffer, start = self._buffer, 0
-        while len(ops) < limit and (frame := next_frame(buffer, start)) is not None:
-            value, start = frame
-            ops.extend(value)
+        while count < limit and (got := next_frame(buffer, start)) is not None:
+            frame, start = got
+            frames.append(frame)
+            count += len(frame[1])
         del buffer[:start]
+        return count
 
 
 def run_batch(
     conn: sqlite3.Connection, ops: list[Op], plain: dict[str, Any], grouped: dict[str, Any]
-) -> tuple[list[Answer], int]:
-    """Run ``ops`` in one transaction: an answer per op, and 1 if it committed."""
+) -> tuple[list[Result], int]:
+    """Run ``ops`` in one transaction: a result per op, in order, and 1 if it committed."""
     try:
         conn.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for other writers
         try:
-            answers = _run_groups(conn, ops, plain, grouped)
+            results = _run_groups(conn, ops, plain, grouped)
         except Exception:
             # Optimistic: nothing usually fails, so no savepoints. If something did, start
             # over with each op in a savepoint of its own, so only that one fails.
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
-            answers = [_run_alone(conn, op, plain, grouped) for op in ops]
+            results = [_run_alone(conn, op, plain, grouped) for op in ops]
         conn.execute("COMMIT")
     except Exception as error:  # nothing of the batch is durable: every op hears of it
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        failed = encode_error(error)
-        return [(op[0], False, failed) for op in ops], 0
-    return answers, 1
+        return [(False, encode_error(error))] * len(ops), 0
+    return results, 1
 
 
 def _run_groups(
     conn: sqlite3.Connection, ops: list[Op], plain: dict[str, Any], grouped: dict[str, Any]
-) -> list[Answer]:
-    groups: dict[Any, list[Op]] = {}  # each group where its first op was queued
-    for op in ops:
-        groups.setdefault(op[1] if op[2] else object(), []).append(op)
-    answers: list[Answer] = []
-    for group in groups.values():
-        op_id, name, is_grouped, arg = group[0]
+) -> list[Result]:
+    # The positions of each group's ops, the groups in the order of their first op.
+    groups: dict[Any, list[int]] = {}
+    for i, (name, is_grouped, _) in enumerate(ops):
+        groups.setdefault(name if is_grouped else object(), []).append(i)
+    results: list[Result] = [(False, None)] * len(ops)
+    for positions in groups.values():
+        name, is_grouped, arg = ops[positions[0]]
         if is_grouped:
-            values = grouped[name](conn, [op[3] for op in group])
-            answers.extend((op[0], True, value) for op, value in zip(group, values, strict=True))
+            values = grouped[name](conn, [ops[i][2] for i in positions])
+            for i, value in zip(positions, values, strict=True):
+                results[i] = (True, value)
         else:
-            answers.append((op_id, True, plain[name](conn, arg)))
-    return answers
+            results[positions[0]] = (True, plain[name](conn, arg))
+    return results
 
 
 def _run_alone(
     conn: sqlite3.Connection, op: Op, plain: dict[str, Any], grouped: dict[str, Any]
-) -> Answer:
-    op_id, name, is_grouped, arg = op
+) -> Result:
+    name, is_grouped, arg = op
     conn.execute("SAVEPOINT op")
     try:
         value = grouped[name](conn, [arg])[0] if is_grouped else plain[name](conn, arg)
     except Exception as error:
         conn.execute("ROLLBACK TO op")
         conn.execute("RELEASE op")
-        return (op_id, False, encode_error(error))
+        return (False, encode_error(error))
     conn.execute("RELEASE op")
-    return (op_id, True, value)
+    return (True, value)
 
 
 def _load_package_without_init() -> None:

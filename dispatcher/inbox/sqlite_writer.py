@@ -7,9 +7,12 @@ operation committed.
 
 Here, ``submit`` queues an operation (a name from sqlite_ops.py and plain arguments)
 and returns a future. The operations queued during one turn of a caller's event loop
-go to the process as one frame, sent at the end of the turn or as soon as it holds
-``FRAME_OPS`` operations, and never block the caller: the process reads its stdin
-between batches, and what a full pipe cannot take waits on a thread (``_Outlet``).
+go to the process as one frame (``_Frame``), sent at the end of the turn or as soon as
+it holds ``FRAME_OPS`` operations, and never block the caller: the process reads its
+stdin between batches, and what a full pipe cannot take waits on a thread (``_Outlet``).
+The process answers a frame as a whole, its results in the order of its operations, so
+an operation needs no id and no entry of its own in a table of callers: the frame
+holds their futures.
 The answers are read on the event loop that writes (``_Answers``): a reader thread
 cost a GIL hand-over and a cross-thread wake-up per answer frame, about a sixth of a
 queued request's time on the loop. A store may still be used from several event loops:
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import operator
 import os
 import select
 import sqlite3
@@ -57,8 +61,19 @@ FRAME_OPS = 16
 #: frames sent while it waits for another process's lock rarely need _Outlet's thread.
 PIPE_SIZE = 1 << 20
 
-# A caller's loop, its future, and which process got the operation (0: not sent yet).
-_Waiting = list[Any]
+
+class _Frame:
+    """The operations one event loop queued during one turn, and their callers' futures,
+    in the same order: sent to the process together and answered together."""
+
+    __slots__ = ("futures", "generation", "id", "loop", "ops")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ops: list[tuple[str, bool, Any]] = []  # (name, grouped, argument)
+        self.futures: list[asyncio.Future[Any]] = []
+        self.id = 0  # given when it is sent
+        self.generation = 0  # which process got it
 
 
 class Writer:
@@ -71,9 +86,10 @@ class Writer:
         self._process: subprocess.Popen[bytes] | None = None
         self._answers: _Answers | None = None  # the reader of that process's answers
         self._outlet: _Outlet | None = None  # the writer of its frames
-        self._outbox: list[tuple[int, str, bool, Any]] = []
-        self._waiting: dict[int, _Waiting] = {}
-        self._flushing: set[asyncio.AbstractEventLoop] = set()  # loops with a flush queued
+        # Each loop's frame being filled (its flush is queued for the end of the loop turn),
+        # and the frames sent and not yet answered, by id.
+        self._open: dict[asyncio.AbstractEventLoop, _Frame] = {}
+        self._sent: dict[int, _Frame] = {}
         self._ids = 0
         self._generation = 0  # how many processes were started
         self._closed = False
@@ -86,13 +102,16 @@ class Writer:
     async def close(self, timeout: float = 30.0) -> None:
         """Let every queued operation be answered (for up to ``timeout`` s), then end the
         process; what is still unanswered then fails."""
+        loop = asyncio.get_running_loop()
         with self._lock:
             self._closed = True
-        self._flush(asyncio.get_running_loop())  # what this loop turn queued goes now
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
+            frame = self._open.get(loop)
+        if frame is not None:
+            self._flush(frame)  # what this loop turn queued goes now
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
             with self._lock:
-                if not self._waiting or self._process is None:
+                if not (self._sent or self._open) or self._process is None:
                     break
             await asyncio.sleep(0.001)
         with self._lock:
@@ -106,9 +125,10 @@ class Writer:
         if answers is not None:
             answers.stop()
         with self._lock:
-            error = ("RuntimeError", ("the inbox store closed before this write was answered",))
-            taken = self._take([(op_id, False, error) for op_id in self._waiting])
-        _resolve_all(taken)
+            frames = [*self._sent.values(), *self._open.values()]
+            self._sent.clear()
+            self._open.clear()
+        _fail_all(frames, "the inbox store closed before this write was answered")
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -121,17 +141,16 @@ class Writer:
         with self._lock:  # no operation may slip in behind close() and hang
             if self._closed:
                 raise RuntimeError("the inbox store is closed")
-            self._ids += 1
-            self._outbox.append((self._ids, name, grouped, arg))
-            self._waiting[self._ids] = [loop, future, 0]
-            full = len(self._outbox) >= FRAME_OPS
-            flush_here = loop not in self._flushing
-            if flush_here:
-                self._flushing.add(loop)
-        if full:  # now: the process commits these while the rest of this turn is made
-            self._flush(loop, turn_ended=False)
-        if flush_here:  # soon, not now: what else this loop turn submits joins the frame
-            loop.call_soon(self._flush, loop)
+            frame = self._open.get(loop)
+            if frame is None:
+                frame = self._open[loop] = _Frame(loop)
+                # Soon, not now: what else this loop turn submits joins the frame.
+                loop.call_soon(self._flush, frame)
+            ops = frame.ops
+            ops.append((name, grouped, arg))
+            frame.futures.append(future)
+        if len(ops) >= FRAME_OPS:  # now: the process commits these while the turn goes on
+            self._flush(frame)
         return future
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -145,51 +164,51 @@ class Writer:
         self._home = (threading.get_ident(), loop)
         return loop
 
-    def _flush(self, loop: asyncio.AbstractEventLoop, turn_ended: bool = True) -> None:
-        """Send what is queued (from every loop) to the process as one frame; at the end
-        of ``loop``'s turn, or before it when a frame is full."""
+    def _flush(self, frame: _Frame) -> None:
+        """Send ``frame`` to the process: at the end of its loop's turn, or before it when
+        it is full (then the end of the turn finds it gone, and has nothing to do)."""
         with self._lock:
-            if turn_ended:
-                self._flushing.discard(loop)
-            ops, self._outbox = self._outbox, []
+            if self._open.get(frame.loop) is not frame:
+                return
+            del self._open[frame.loop]
             # A caller that gave up (cancelled) before its operation left is skipped: a
             # delivery whose request was cancelled was never acknowledged, so not stored.
-            for op in ops:
-                if self._waiting[op[0]][1].done():
-                    del self._waiting[op[0]]
-            ops = [op for op in ops if op[0] in self._waiting]
-            if not ops:
-                return
-            dead = None
+            if any(map(_done, frame.futures)):
+                kept = [i for i, future in enumerate(frame.futures) if not future.done()]
+                frame.ops = [frame.ops[i] for i in kept]
+                frame.futures = [frame.futures[i] for i in kept]
+                if not kept:
+                    return
+            dead = failed = None
             try:
                 try:
-                    self._send(ops)
+                    self._send(frame)
                 except BrokenPipeError:
                     # It died before its reader noticed (say, while no loop was running):
                     # none of this frame reached it, so a new process takes it.
                     dead = self._answers
                     self._forget_process()
-                    self._send(ops)
+                    self._send(frame)
             except Exception as error:
                 if isinstance(error, OSError) and dead is None:  # the process is gone
                     dead = self._answers
                     self._forget_process()
-                failed = [(op[0], False, ("RuntimeError", (_lost(error),))) for op in ops]
-                answers = self._take(failed)
+                failed = _lost(error)
             else:
                 assert self._answers is not None
-                self._answers.listen(loop)
-                answers = {}
-        _resolve_all(answers)
+                self._answers.listen(frame.loop)
+        if failed is not None:
+            _fail_all([frame], failed)
         if dead is not None:  # what else it had not answered fails too
             self._exited(dead)
 
-    def _send(self, ops: list[tuple[int, str, bool, Any]]) -> None:
+    def _send(self, frame: _Frame) -> None:
         self._ensure_process()
         assert self._outlet is not None
-        for op in ops:
-            self._waiting[op[0]][2] = self._generation
-        self._outlet.write(encode_frame(ops))
+        self._ids += 1
+        frame.id, frame.generation = self._ids, self._generation
+        self._outlet.write(encode_frame((frame.id, frame.ops)))
+        self._sent[frame.id] = frame
 
     # -- the process -----------------------------------------------------------------------
 
@@ -209,7 +228,7 @@ class Writer:
         )
         assert process.stdout is not None
         try:
-            ((_, ((_, ok, value),)),) = [read_frame(process.stdout.fileno())]
+            ok, value = read_frame(process.stdout.fileno())
         except EOFError:
             _end(process)
             raise RuntimeError("the inbox writer process exited as it started") from None
@@ -231,12 +250,19 @@ class Writer:
             self._outlet.close()
         self._process = self._answers = self._outlet = None
 
-    def _answered(self, commits: int, answers: list[tuple[int, bool, Any]]) -> None:
-        """The process reported a batch committed: answer each of its callers."""
+    def _answered(self, commits: int, answers: list[tuple[int, list[Any]]]) -> None:
+        """The process reported a batch committed, with the results of each of its frames
+        (sqlite_process.Answers): answer their callers."""
         with self._lock:
             self.commits = commits
-            taken = self._take(answers)
-        _resolve_all(taken)
+            sent = self._sent
+            # A frame is missing only if close() failed it before its answer came.
+            frames = [
+                (frame, results)
+                for frame_id, results in answers
+                if (frame := sent.pop(frame_id, None)) is not None
+            ]
+        _resolve_all(frames)
 
     def _exited(self, reader: _Answers) -> None:
         """The process behind ``reader`` is gone: what it had not answered may or may not
@@ -245,24 +271,12 @@ class Writer:
         with self._lock:
             if self._answers is reader:
                 self._forget_process()
-            mine = [op_id for op_id, waiting in self._waiting.items() if waiting[2] == generation]
-            error = ("RuntimeError", ("the inbox writer process exited before answering",))
-            taken = self._take([(op_id, False, error) for op_id in mine])
-        _resolve_all(taken)
+            mine = [frame for frame in self._sent.values() if frame.generation == generation]
+            for frame in mine:
+                del self._sent[frame.id]
+        _fail_all(mine, "the inbox writer process exited before answering")
         if process.poll() is None:  # reap it without blocking a loop
             threading.Thread(target=_reap, args=(process,), daemon=True).start()
-
-    def _take(
-        self, answers: list[tuple[int, bool, Any]]
-    ) -> dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]:
-        """The futures of ``answers``, by loop (the lock is held)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
-        by_loop = {}
-        for op_id, ok, value in answers:
-            waiting = self._waiting.pop(op_id, None)
-            if waiting is not None:
-                by_loop.setdefault(waiting[0], []).append((waiting[1], ok, value))
-        return by_loop
 
 
 class _Outlet:
@@ -454,27 +468,35 @@ def _end(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _resolve_all(
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]],
-) -> None:
-    """Resolve each future on its own loop: now if that is this thread's loop (the answers'
-    reader callback, the common case: a loop turn sooner, no callback), else by one
-    callback on it."""
-    current = _current_loop() if by_loop else None
-    for loop, results in by_loop.items():
-        if loop is current:
-            _resolve(results)
+def _resolve_all(frames: list[tuple[_Frame, list[Any]]]) -> None:
+    """Answer each frame's callers on their own loop: now if that is this thread's loop
+    (the answers' reader callback, the common case: a loop turn sooner, no callback),
+    else by one callback on it."""
+    current = _current_loop() if frames else None
+    for frame, results in frames:
+        if frame.loop is current:
+            _resolve(frame.futures, results)
             continue
         # RuntimeError: that loop is closed, so nobody is left to answer there.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, results)
+            frame.loop.call_soon_threadsafe(_resolve, frame.futures, results)
 
 
-def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
+def _fail_all(frames: list[_Frame], message: str) -> None:
+    """Fail every operation of ``frames`` with a RuntimeError saying ``message``."""
+    failed = (False, ("RuntimeError", (message,)))
+    _resolve_all([(frame, [failed] * len(frame.futures)) for frame in frames])
+
+
+def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+    """Each future gets its result, (True, value) or (False, encoded error), in order."""
+    for future, (ok, value) in zip(futures, results, strict=True):
         if future.done():  # the caller was cancelled meanwhile
             continue
         if ok:
             future.set_result(value)
         else:
             future.set_exception(decode_error(value))
+
+
+_done = operator.methodcaller("done")
