@@ -16,7 +16,7 @@ asyncpg pool they write through does.
 from __future__ import annotations
 
 import asyncio
-import collections
+import operator
 import secrets
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -69,7 +69,10 @@ class GroupCommit(Generic[I, R]):
         self._key = key
         self._name = name
         self._loop = asyncio.get_running_loop()
-        self._queue: collections.deque[tuple[I, asyncio.Future[R]]] = collections.deque()
+        # The items queued and their callers' futures, in the same order: two lists, so
+        # that a batch is taken and handed to ``flush`` without a pass over its items.
+        self._items: list[I] = []
+        self._futures: list[asyncio.Future[R]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -86,7 +89,8 @@ class GroupCommit(Generic[I, R]):
         if self._closed:
             raise RuntimeError("the inbox store is closed")
         future: asyncio.Future[R] = self._loop.create_future()
-        self._queue.append((item, future))
+        self._items.append(item)
+        self._futures.append(future)
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._run(), name=self._name)
         return future
@@ -101,42 +105,55 @@ class GroupCommit(Generic[I, R]):
 
     async def _run(self) -> None:
         try:
-            while self._queue:
-                batch = self._take()
-                if batch:
-                    await self._commit(batch)
+            while self._items:
+                items, futures = self._take()
+                if items:
+                    await self._commit(items, futures)
         except BaseException:
             # Cancelled (the loop is shutting down): nobody may wait for an answer forever.
-            _fail([future for _, future in self._queue], RuntimeError(_STOPPED))
-            self._queue.clear()
+            _fail(self._futures, RuntimeError(_STOPPED))
+            self._items, self._futures = [], []
             raise
         finally:
             # No await between finding the queue empty and this: an item queued from now
             # on sees no flusher and starts one.
             self._flusher = None
 
-    def _take(self) -> list[tuple[I, asyncio.Future[R]]]:
-        batch: list[tuple[I, asyncio.Future[R]]] = []
-        later: list[tuple[I, asyncio.Future[R]]] = []
-        keys: set[Hashable] = set()
-        while self._queue and len(batch) < self._batch_size:
-            item, future = self._queue.popleft()
-            if future.done():  # the caller gave up (cancelled) before its turn: skip it
-                continue
-            if self._key is not None:
-                key = self._key(item)
-                if key in keys:
-                    later.append((item, future))
-                    continue
-                keys.add(key)
-            batch.append((item, future))
-        self._queue.extendleft(reversed(later))
-        return batch
+    def _take(self) -> tuple[list[I], list[asyncio.Future[R]]]:
+        """The next batch: up to ``batch_size`` of the oldest items, with their futures,
+        less those whose caller gave up (cancelled) before their turn, and less repeats of
+        a key (they go back to the front of the queue, for the next batch)."""
+        items, futures, size = self._items, self._futures, self._batch_size
+        if len(items) <= size:  # the common case: all of it
+            self._items, self._futures = [], []
+        else:
+            self._items, self._futures = items[size:], futures[size:]
+            items, futures = items[:size], futures[:size]
+        if any(map(_done, futures)):
+            kept = [i for i, future in enumerate(futures) if not future.done()]
+            items, futures = [items[i] for i in kept], [futures[i] for i in kept]
+        if self._key is not None:
+            items, futures = self._one_per_key(self._key, items, futures)
+        return items, futures
 
-    async def _commit(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
-        futures = [future for _, future in batch]
+    def _one_per_key(
+        self, key: Callable[[I], Hashable], items: list[I], futures: list[asyncio.Future[R]]
+    ) -> tuple[list[I], list[asyncio.Future[R]]]:
+        taken: tuple[list[I], list[asyncio.Future[R]]] = ([], [])
+        later: tuple[list[I], list[asyncio.Future[R]]] = ([], [])
+        keys: set[Hashable] = set()
+        for item, future in zip(items, futures, strict=True):
+            item_key = key(item)
+            into = later if item_key in keys else taken
+            keys.add(item_key)
+            into[0].append(item)
+            into[1].append(future)
+        self._items[:0], self._futures[:0] = later
+        return taken
+
+    async def _commit(self, items: list[I], futures: list[asyncio.Future[R]]) -> None:
         try:
-            results = await self._flush([item for item, _ in batch])
+            results = await self._flush(items)
         except Exception as exc:
             # The transaction did not commit: every caller of the batch hears about it,
             # including those whose own write was fine. Nothing carries over to the next.
@@ -238,9 +255,13 @@ class AddWriter:
     async def _insert(self, conn: asyncpg.Connection, batch: list[Add]) -> list[Added]:
         # Keyed deliveries go in sorted by key, so concurrent batches take the unique
         # index's locks in one order (see ADD_BATCH); sorted() is stable, so among repeats
-        # of a key inside the batch the first submitted is the one stored.
-        order = sorted(range(len(batch)), key=lambda i: _key_order(batch[i].delivery))
-        rows = [batch[i] for i in order]
+        # of a key inside the batch the first submitted is the one stored. Without keys
+        # there are no such locks, and the batch goes in as it came.
+        order: Sequence[int] = range(len(batch))
+        rows = batch
+        if not _NO_KEY.issuperset(map(_idempotency_key, map(_delivery, batch))):
+            order = sorted(order, key=[_key_order(add.delivery) for add in batch].__getitem__)
+            rows = [batch[i] for i in order]
         # (delivery id, handler, due at, lease token or None, worker, lease until)
         tasks: list[tuple[str, str, float, str | None, str | None, float | None]] = []
         leases: list[list[tuple[str, str]]] = []  # per add: (handler, token) of its claims
@@ -254,17 +275,18 @@ class AddWriter:
                     tasks.append((add.delivery.id, handler, add.now, *lease))
                 else:
                     tasks.append((add.delivery.id, handler, add.now, None, None, None))
-        # The headers go in as the JSON array of pairs that dump_headers would make.
+        # The headers go in as the JSON array of pairs that dump_headers would make, and
+        # the bodies as one bytea, each row saying how long its own is (see ADD_BATCH).
         try:
             deliveries = orjson.dumps([
                 (d.id, d.webhook, d.event, d.idempotency_key, d.headers, d.query,
-                 d.received_at, "pending" if add.handlers else "done")
+                 d.received_at, "pending" if add.handlers else "done", len(d.body))
                 for add in rows for d in (add.delivery,)
             ]).decode()  # fmt: skip
         except orjson.JSONEncodeError as error:  # a lone surrogate: no text can hold it
             message = f"a delivery holds text PostgreSQL cannot store: {error}"
             raise self._data_error(message) from error
-        bodies = [add.delivery.body for add in rows]
+        bodies = b"".join([add.delivery.body for add in rows])
         result = await conn.fetchrow(
             self._sql, deliveries, bodies, orjson.dumps(tasks).decode(), self._channel
         )
@@ -283,7 +305,7 @@ class AddWriter:
             claimed = [
                 fresh_task(add.delivery, task_ids[token], handler, token)
                 for handler, token in leases[i]
-            ]
+            ] if leases[i] else []  # fmt: skip
             answers[i] = ("stored", claimed, len(claimed) < len(add.handlers))
         return answers
 
@@ -318,11 +340,19 @@ class OutcomeWriter:
         return [int(o.task.task_id) in finished for o in batch]
 
 
+_done = operator.methodcaller("done")
+
+
 def _unstorable(error: Exception) -> UnstorableError:
     """A data error of one delivery's row: trying again cannot help."""
     refused = UnstorableError(f"PostgreSQL cannot store this delivery: {error}")
     refused.__cause__ = error
     return refused
+
+
+_NO_KEY = frozenset([None])
+_delivery = operator.attrgetter("delivery")
+_idempotency_key = operator.attrgetter("idempotency_key")
 
 
 def _key_order(delivery: NewDelivery) -> tuple[bool, str, str]:
