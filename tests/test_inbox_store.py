@@ -943,6 +943,38 @@ def test_sqlite_a_writer_process_that_died_between_loops_is_replaced(tmp_path: P
     asyncio.run(store.close())
 
 
+@pytest.mark.parametrize("sent", [False, True], ids=["unsent", "sent"])
+def test_sqlite_close_from_another_loop_settles_writes_left_on_a_stopped_loop(
+    tmp_path: Path, sent: bool
+) -> None:
+    # A loop stopped in the turn that queued a write (the write goes at the turn's end),
+    # or after sending it (its answer is read on that loop). Closing the store from
+    # another loop fails the unsent write at once and reads the sent one's answer,
+    # instead of waiting out its timeout for either.
+    store = SQLiteStore(tmp_path / "inbox.db")
+    clock = FakeClock()
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+
+        async def leave_a_write_behind() -> asyncio.Future[str]:
+            return asyncio.ensure_future(store.add(make_delivery(clock, "left")))
+
+        left = first.run_until_complete(leave_a_write_behind())  # queued, loop stopped
+        if sent:
+            first.run_until_complete(asyncio.sleep(0))  # the turn's end sent it
+        started = time.monotonic()
+        asyncio.run(store.close())
+        assert time.monotonic() - started < 5
+        if sent:
+            assert first.run_until_complete(left) == "stored"
+        else:
+            with pytest.raises(RuntimeError, match="closed before this write was answered"):
+                first.run_until_complete(left)
+    finally:
+        first.close()
+
+
 def test_sqlite_writer_process_exits_when_the_receiver_is_killed(tmp_path: Path) -> None:
     # SIGKILL gives the receiver no chance to close the store: the writer process sees
     # its stdin close and exits, so it never holds the database for a restarted one.

@@ -108,10 +108,15 @@ class Writer:
             frame = self._open.get(loop)
         if frame is not None:
             self._flush(frame)  # what this loop turn queued goes now
+        with self._lock:
+            if self._answers is not None:  # the loop that read them may have stopped
+                self._answers.listen(loop)
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             with self._lock:
-                if not (self._sent or self._open) or self._process is None:
+                # A frame still open on a loop that stopped will never be sent: not waited for.
+                sending = any(frame.loop.is_running() for frame in self._open.values())
+                if not (self._sent or sending) or self._process is None:
                     break
             await asyncio.sleep(0.001)
         with self._lock:
