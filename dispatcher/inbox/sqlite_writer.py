@@ -257,7 +257,7 @@ class Writer:
 
     def _answered(self, commits: int, answers: list[tuple[int, list[Any]]]) -> None:
         """The process reported a batch committed, with the results of each of its frames
-        (sqlite_process.Answers): answer their callers."""
+        (sqlite_process.by_frame): answer their callers."""
         with self._lock:
             self.commits = commits
             sent = self._sent
