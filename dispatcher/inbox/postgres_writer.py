@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import orjson
 
 from dispatcher.errors import UnstorableError
-from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task
+from dispatcher.inbox.base import ClaimedTask, NewDelivery, fresh_task, still_awaited
 from dispatcher.inbox.states import RERUNNABLE_OUTCOMES
 
 if TYPE_CHECKING:
@@ -129,9 +129,7 @@ class GroupCommit(Generic[I, R]):
         else:
             self._items, self._futures = items[size:], futures[size:]
             items, futures = items[:size], futures[:size]
-        if any(map(_done, futures)):
-            kept = [i for i, future in enumerate(futures) if not future.done()]
-            items, futures = [items[i] for i in kept], [futures[i] for i in kept]
+        items, futures = still_awaited(items, futures)
         if self._key is not None:
             items, futures = self._one_per_key(self._key, items, futures)
         return items, futures
@@ -338,9 +336,6 @@ class OutcomeWriter:
         # Not finished: fenced, the lease lapsed and someone else holds the task now.
         finished = set(result["finished"])
         return [int(o.task.task_id) in finished for o in batch]
-
-
-_done = operator.methodcaller("done")
 
 
 def _unstorable(error: Exception) -> UnstorableError:

@@ -13,8 +13,8 @@ one transaction: one ``COMMIT``, one fsync of the WAL. Then it writes one answer
 for each frame it took, the results of its operations in their order. It reads stdin
 itself, between batches, not on a thread of its own: a thread waiting on the pipe had
 to be woken for every frame, and the wake-up was most of what a frame cost the
-receiver. Frames that come while a batch runs wait in
-the pipe, and the receiver's side never blocks on a full one (``sqlite_writer._Outlet``).
+receiver. Frames that come while a batch runs wait in the pipe, and the receiver's
+side never blocks on a full one (``sqlite_writer._Outlet``).
 An operation is answered only after the transaction holding it committed, so
 acknowledged means durable. If one operation fails, the batch runs again with each
 operation in a savepoint of its own, so only that one fails.

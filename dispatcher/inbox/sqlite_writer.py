@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import operator
 import os
 import select
 import sqlite3
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.errors import NotFoundError, ValidationError
+from dispatcher.inbox.base import still_awaited
 from dispatcher.inbox.sqlite_process import (
     encode_frame,
     next_frame,
@@ -176,14 +176,9 @@ class Writer:
             if self._open.get(frame.loop) is not frame:
                 return
             del self._open[frame.loop]
-            # A caller that gave up (cancelled) before its operation left is skipped: a
-            # delivery whose request was cancelled was never acknowledged, so not stored.
-            if any(map(_done, frame.futures)):
-                kept = [i for i, future in enumerate(frame.futures) if not future.done()]
-                frame.ops = [frame.ops[i] for i in kept]
-                frame.futures = [frame.futures[i] for i in kept]
-                if not kept:
-                    return
+            frame.ops, frame.futures = still_awaited(frame.ops, frame.futures)
+            if not frame.ops:
+                return
             dead = failed = None
             try:
                 try:
@@ -502,6 +497,3 @@ def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
             future.set_result(value)
         else:
             future.set_exception(decode_error(value))
-
-
-_done = operator.methodcaller("done")
