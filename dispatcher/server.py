@@ -127,13 +127,15 @@ def run(target: Target, *, host: str, port: int, workers: int, log_level: str,
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from .http_protocol import http_protocol
+
     hooks = target.load()  # fail here, with a clear message, before any worker starts
     hooks.check()
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": http_protocol(),  # httptools', each response in one send
         "log_level": log_level,
         "access_log": False,  # the dispatcher logs one line per delivery itself
         "timeout_graceful_shutdown": graceful_timeout,
