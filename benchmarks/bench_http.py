@@ -5,12 +5,14 @@
     python benchmarks/bench_http.py --controls      # also what b/a can be at best here
 
 Needs wrk (Debian: apt-get install wrk). Each app runs under uvicorn (1 worker,
-uvloop, httptools, access log off); wrk drives it with 1 thread and 32
-connections, POSTing the same ~400-byte JSON body. Apps run one after another,
-round after round (a b c d a b c d ...), and the median of the rounds counts,
-so a noisy moment on this shared machine hits every app alike. Each ratio is also
-printed round by round (two apps of one round ran seconds apart), which shows how far
-this machine's slow and fast phases move it.
+uvloop, httptools, access log off): a-d share one server, so their ratios compare the
+apps alone. (s) is (b) as ``dispatcher serve`` runs it, whose protocol sends each
+response in one write instead of uvicorn's two: s/b is what that is worth. wrk drives
+each with 1 thread and 32 connections, POSTing the same ~400-byte JSON body. Apps run
+one after another, round after round (a b c d s a b c d s ...), and the median of the
+rounds counts, so a noisy moment on this shared machine hits every app alike. Each ratio
+is also printed round by round (two apps of one round ran seconds apart), which shows how
+far this machine's slow and fast phases move it.
 
 --controls adds two apps to the rounds, as ceilings for b/a on this machine: (e) the
 raw app plus a busy-wait as long as the dispatcher's own work over the raw app's,
@@ -62,6 +64,8 @@ APPS = {
     "d": ("Starlette route", "benchmarks.http_apps:starlette_app"),
 }
 SWEEP = 4 << 20  # bytes read between two timed calls: more than this machine's L2 cache
+#: (b) as `dispatcher serve` runs it: the same app, each response in one send (http_protocol)
+SERVED = {"s": ("dispatcher serve, inline", "benchmarks.http_apps:hooks")}
 CONTROLS = {
     "e": ("control: raw + busy-wait", "benchmarks.http_apps:busy"),
     "f": ("control: essential work", "benchmarks.http_apps:essential"),
@@ -94,10 +98,20 @@ def uvicorn_command(app: str, port: int, extra: list[str] | None = None) -> list
     ]  # fmt: skip
 
 
+def serve_command(app: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """An app as a user runs it: ``dispatcher serve`` (uvicorn, 1 worker, uvloop, httptools
+    with each response in one send, per-delivery log lines off)."""
+    return [
+        sys.executable, "-m", "dispatcher", "serve", app, "--port", str(port),
+        "--log-level", "warning", *(extra or []),
+    ]  # fmt: skip
+
+
 def start(app: str, port: int, extra: list[str] | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+          env: dict[str, str] | None = None, command: Any = uvicorn_command,
+          ) -> subprocess.Popen[bytes]:  # fmt: skip
     proc = subprocess.Popen(
-        uvicorn_command(app, port, extra),
+        command(app, port, extra),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
@@ -246,18 +260,21 @@ METRICS = ("rps", "p50", "p99", "cpu", "helper", "busy", "preempted", "wakes")
 
 def measure(apps: dict[str, tuple[str, str]], rounds: int, duration: float, path: str,
             script: Path, warmup: float = 1.0, setup: Any = None,
-            batch: Collection[str] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
+            batch: Collection[str] = (), served: Collection[str] = (),
+            ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per app, the median of each of ``wrk``'s figures (``METRICS``: req/s, latencies,
     the server's and its helpers' CPU per request, machine busy, the server's
     preemptions, wrk's sleeps), and each round's req/s (``rounds``, for
-    ``round_ratios``). ``setup(key)`` gives (uvicorn args, env) per run; the apps in
-    ``batch`` get their load from wrk at SCHED_BATCH (``wrk``)."""
+    ``round_ratios``). ``setup(key)`` gives (server args, env) per run; the apps in
+    ``served`` run under ``dispatcher serve`` (``serve_command``), the others under plain
+    uvicorn; the apps in ``batch`` get their load from wrk at SCHED_BATCH (``wrk``)."""
     runs: dict[str, list[dict[str, float]]] = {key: [] for key in apps}
     for _ in range(rounds):
         for key, (_, app) in apps.items():
             port = free_port()
             extra, env = setup(key) if setup else ([], {})
-            proc = start(app, port, extra, env)
+            command = serve_command if key in served else uvicorn_command
+            proc = start(app, port, extra, env, command)
             try:
                 url = f"http://127.0.0.1:{port}{path}"
                 wrk(url, warmup, script, batch=key in batch)
@@ -341,7 +358,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
-    apps = dict(APPS)
+    apps = {**APPS, **SERVED}
     env: dict[str, str] = {}
     if args.controls:
         print(f"in-process, us per request   {'warm':>6} {'caches swept':>13}")
@@ -357,7 +374,7 @@ def main() -> None:
         env = {"BENCH_SPIN_US": f"{spin:.3f}"}
     print(f"body: {len(BODY)} bytes; wrk -t1 -c32, {args.rounds} rounds x {args.duration:g} s")
     result = measure(apps, args.rounds, args.duration, "/payments", post_script(BODY),
-                     setup=lambda key: ([], env))  # fmt: skip
+                     setup=lambda key: ([], env), served=SERVED)  # fmt: skip
     print(f"{'':3}{'app':26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us':>8}{'wakes':>7}"
           f"{'busy':>6}")  # fmt: skip
     for key, (label, _) in apps.items():
@@ -370,6 +387,8 @@ def main() -> None:
     for other, target in (("a", 0.85), ("c", 2.5), ("d", 1.3)):
         print(f"b/{other} = {rps['b'] / rps[other]:.2f}  (target >= {target};"
               f" round by round: {round_ratios(result, 'b', other)})")  # fmt: skip
+    print(f"s/b = {rps['s'] / rps['b']:.2f}  (dispatcher serve's one send per response against"
+          f" uvicorn's two; round by round: {round_ratios(result, 's', 'b')})")  # fmt: skip
     if args.controls:
         print(f"e/a = {rps['e'] / rps['a']:.2f}  (the dispatcher's in-process work as pure CPU)")
         print(f"f/a = {rps['f'] / rps['a']:.2f}  (only the work no receiver can skip)")

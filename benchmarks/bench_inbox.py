@@ -6,10 +6,13 @@
                                                       # with wrk unable to preempt
 
 HTTP part (needs wrk, as bench_http.py): the 20-event dispatcher with a no-op
-async handler, inline, then queued on SQLite (synchronous=FULL) and on
+async handler, run by ``dispatcher serve`` as a user runs it (``--inbox URL
+--concurrency N``): inline, then queued on SQLite (synchronous=FULL) and on
 PostgreSQL (when 127.0.0.1:5432 answers), each with its in-process workers
 draining while the load runs (the default), and once receive-only
 (--concurrency 0, workers elsewhere). Each run starts from an empty inbox.
+(Until the seventeenth session the apps ran under plain uvicorn, whose two sends per
+response cost inline mode more than queued mode: benchmarks/README.md.)
 
 For the runs with in-process workers it also prints the share of the stored
 tasks those workers had finished when the load stopped: the rest was still
@@ -96,30 +99,30 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp())
     apps: dict[str, tuple[str, str]] = {
         "inline": ("inline", "benchmarks.http_apps:hooks"),
-        "sqlite": ("queued SQLite", "benchmarks.http_apps:queued_app"),
-        "sqlite-recv": ("queued SQLite, receive only", "benchmarks.http_apps:queued_app"),
+        "sqlite": ("queued SQLite", "benchmarks.http_apps:hooks"),
+        "sqlite-recv": ("queued SQLite, receive only", "benchmarks.http_apps:hooks"),
     }
     if controls:  # does the fsync decide the req/s? The same without it (not durable)
         apps["sqlite-normal-recv"] = (
             "control: SQLite synchronous=NORMAL, receive only",
-            "benchmarks.http_apps:queued_app",
+            "benchmarks.http_apps:hooks",
         )
         # What does wrk taking the receiver's core cost? The same with wrk unable to preempt.
         apps["inline-batch"] = ("control: inline, wrk at SCHED_BATCH", "benchmarks.http_apps:hooks")
         apps["sqlite-batch-recv"] = (
             "control: SQLite receive only, wrk at SCHED_BATCH",
-            "benchmarks.http_apps:queued_app",
+            "benchmarks.http_apps:hooks",
         )
     if postgres_up():
-        apps["postgres"] = ("queued PostgreSQL", "benchmarks.http_apps:queued_app")
+        apps["postgres"] = ("queued PostgreSQL", "benchmarks.http_apps:hooks")
         apps["postgres-recv"] = (
             "queued PostgreSQL, receive only",
-            "benchmarks.http_apps:queued_app",
+            "benchmarks.http_apps:hooks",
         )
         if controls:
             apps["postgres-batch-recv"] = (
                 "control: PostgreSQL receive only, wrk at SCHED_BATCH",
-                "benchmarks.http_apps:queued_app",
+                "benchmarks.http_apps:hooks",
             )
     schemas: list[str] = []
     inboxes: dict[str, list[str]] = {}  # the inbox of each run, by mode
@@ -136,13 +139,20 @@ def http_part(rounds: int, duration: int, controls: bool = False) -> None:
             url = f"{POSTGRES}?schema=bench_{uuid.uuid4().hex[:8]}"
             schemas.append(url)
         inboxes.setdefault(key, []).append(url)
-        return ["--factory"], {"BENCH_INBOX": url, "BENCH_CONCURRENCY": concurrency}
+        return ["--inbox", url, "--concurrency", concurrency], {}
 
     print(f"HTTP: body {len(BODY)} bytes; wrk -t1 -c32, {rounds} rounds x {duration} s")
     try:
         batch = [key for key in apps if "-batch" in key]
         result = measure(
-            apps, rounds, duration, "/payments", post_script(BODY), setup=setup, batch=batch
+            apps,
+            rounds,
+            duration,
+            "/payments",
+            post_script(BODY),
+            setup=setup,
+            batch=batch,
+            served=apps,
         )
         finished = {
             key: statistics.median(asyncio.run(done_share(url)) for url in urls)

@@ -172,14 +172,3 @@ async def essential(scope, receive, send):  # type: ignore[no-untyped-def]
         }
     )
     await send({"type": "http.response.body", "body": content})
-
-
-def queued_app() -> Dispatcher:
-    """(b) again in queued mode: ``uvicorn --factory benchmarks.http_apps:queued_app``.
-
-    BENCH_INBOX is the inbox URL; BENCH_CONCURRENCY the in-process workers' concurrency
-    (0: the process only receives, as when workers run elsewhere).
-    """
-    return bench_dispatcher(
-        inbox=os.environ["BENCH_INBOX"], concurrency=int(os.environ.get("BENCH_CONCURRENCY", "4"))
-    )
