@@ -235,3 +235,29 @@ def test_the_load_runs_at_sched_batch_when_asked() -> None:
         out = subprocess.run(load_command(policy, batch), capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert int(out.stdout) == expected
+
+
+def test_the_inbox_bench_runs_the_app_as_dispatcher_serve_does(tmp_path: Any) -> None:
+    """bench_inbox's queued rows: the bench app under ``dispatcher serve --inbox``, with
+    serve's own HTTP protocol, answering 202 once the delivery is stored."""
+    from benchmarks.bench_http import free_port, serve_command, start
+
+    url = f"sqlite:///{tmp_path}/inbox.db"
+    port = free_port()
+    command = serve_command("benchmarks.http_apps:hooks", port, ["--inbox", url])
+    assert command[1:4] == ["-m", "dispatcher", "serve"]
+    proc = start(
+        "benchmarks.http_apps:hooks", port, ["--inbox", url, "--concurrency", "0"],
+        command=serve_command,
+    )  # fmt: skip
+    try:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/payments", content=http_apps.BODY,
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    assert (tmp_path / "inbox.db").exists()
