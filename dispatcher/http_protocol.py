@@ -2,7 +2,7 @@
 
 uvicorn writes a response as two socket sends: its head (``http.response.start``),
 then its body. Each send is a syscall, and each wakes the client for half an answer.
-Under wrk on loopback that cost about a sixth of the receiver's CPU per request. In
+Under wrk on loopback the second send cost 11-12% of the receiver's CPU per request. In
 queued mode the client sleeps while a commit is awaited, so each of those wake-ups
 could also preempt the receiver.
 
