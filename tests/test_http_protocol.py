@@ -231,3 +231,27 @@ async def test_a_malformed_request_still_gets_its_400_before_the_close() -> None
         server.should_exit = True
         await task
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def test_a_100_continue_leaves_before_the_client_sends_its_body() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    server, task, port = await serving(app)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(b"ping")  # only now, as a client that waits for the 100 does
+        head, body = await read_response(reader)
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"ping"
