@@ -568,6 +568,18 @@ async def test_sqlite_uses_wal_and_full_sync(tmp_path: Path, anyio_backend: str)
         SQLiteStore(tmp_path / "x.db", synchronous="sometimes")
 
 
+async def test_sqlite_at_off_never_syncs_for_the_bench_control(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """bench_inbox --controls measures what the fsyncs cost with ``?synchronous=OFF``:
+    the URL option must reach the writer, for deliveries too (not FULL for them)."""
+    store = open_inbox(f"sqlite:///{tmp_path}/off.db?synchronous=OFF")
+    assert isinstance(store, SQLiteStore)
+    async with store:
+        await store.add(make_delivery(FakeClock(time.time()), "d1", handlers=("h1",)))
+        assert await store.pragma("synchronous") == 0  # OFF
+
+
 def test_only_batches_that_must_survive_a_power_loss_wait_for_an_fsync() -> None:
     from dispatcher.inbox.sqlite_ops import sync_level
 
