@@ -27,7 +27,7 @@ With --controls, queued SQLite also runs receive-only at synchronous=OFF: no fsy
 all, so not durable against a power loss; what it answers more than FULL is what the
 fsyncs cost. (Not NORMAL, the control until the eighteenth session: NORMAL skips the
 fsync at each commit but makes each checkpoint fsync the whole unsynced WAL, a stall of
-about 12 ms every ~55 commits here, so it answered no more than FULL and hid the
+about 12 ms every ~50 commits here, so it answered no more than FULL and hid the
 fsyncs' cost; benchmarks/README.md.) And inline and queued SQLite and
 PostgreSQL (receive only) run once more with wrk at the scheduling policy SCHED_BATCH
 (``chrt --batch 0``), whose wake-ups do not preempt the receiver. Queued mode leaves
