@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,10 @@ def wait_for(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+#: How a server is started: (app, port, extra args) -> its command line.
+Command = Callable[[str, int, list[str] | None], list[str]]
+
+
 def uvicorn_command(app: str, port: int, extra: list[str] | None = None) -> list[str]:
     """How every benchmark runs an app: uvicorn, 1 worker, uvloop, httptools, no access log."""
     return [
@@ -108,7 +112,7 @@ def serve_command(app: str, port: int, extra: list[str] | None = None) -> list[s
 
 
 def start(app: str, port: int, extra: list[str] | None = None,
-          env: dict[str, str] | None = None, command: Any = uvicorn_command,
+          env: dict[str, str] | None = None, command: Command = uvicorn_command,
           ) -> subprocess.Popen[bytes]:  # fmt: skip
     proc = subprocess.Popen(
         command(app, port, extra),

@@ -41,6 +41,8 @@ from typing import Any
 from dispatcher.errors import NotFoundError, ValidationError
 from dispatcher.inbox.base import still_awaited
 from dispatcher.inbox.sqlite_process import (
+    Op,
+    Result,
     encode_frame,
     next_frame,
     read_available,
@@ -70,7 +72,7 @@ class _Frame:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.ops: list[tuple[str, bool, Any]] = []  # (name, grouped, argument)
+        self.ops: list[Op] = []
         self.futures: list[asyncio.Future[Any]] = []
         self.id = 0  # given when it is sent
         self.generation = 0  # which process got it
@@ -250,7 +252,7 @@ class Writer:
             self._outlet.close()
         self._process = self._answers = self._outlet = None
 
-    def _answered(self, commits: int, answers: list[tuple[int, list[Any]]]) -> None:
+    def _answered(self, commits: int, answers: list[tuple[int, list[Result]]]) -> None:
         """The process reported a batch committed, with the results of each of its frames
         (sqlite_process.by_frame): answer their callers."""
         with self._lock:
@@ -468,7 +470,7 @@ def _end(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _resolve_all(frames: list[tuple[_Frame, list[Any]]]) -> None:
+def _resolve_all(frames: list[tuple[_Frame, list[Result]]]) -> None:
     """Answer each frame's callers on their own loop: now if that is this thread's loop
     (the answers' reader callback, the common case: a loop turn sooner, no callback),
     else by one callback on it."""
@@ -488,7 +490,7 @@ def _fail_all(frames: list[_Frame], message: str) -> None:
     _resolve_all([(frame, [failed] * len(frame.futures)) for frame in frames])
 
 
-def _resolve(futures: list[asyncio.Future[Any]], results: list[Any]) -> None:
+def _resolve(futures: list[asyncio.Future[Any]], results: list[Result]) -> None:
     """Each future gets its result, (True, value) or (False, encoded error), in order."""
     for future, (ok, value) in zip(futures, results, strict=True):
         if future.done():  # the caller was cancelled meanwhile
