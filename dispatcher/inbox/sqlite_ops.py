@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dispatcher.errors import NotFoundError
 from dispatcher.inbox.states import (
@@ -26,6 +26,9 @@ from dispatcher.inbox.states import (
     replay_targets,
     unique_handlers,
 )
+
+if TYPE_CHECKING:  # a type only: the writer process runs sqlite_process as __main__
+    from dispatcher.inbox.sqlite_process import Op
 
 T = TypeVar("T")
 
@@ -367,7 +370,7 @@ GROUPED: dict[str, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = {
 }
 
 
-def sync_level(ops: list[tuple[str, bool, Any]], configured: str) -> str:
+def sync_level(ops: list[Op], configured: str) -> str:
     """The ``synchronous`` setting a batch commits with: the store's, except that FULL
     (or EXTRA) becomes NORMAL, no fsync in WAL mode, for a batch that does not need it."""
     if configured in ("FULL", "EXTRA") and not needs_sync(ops):
@@ -375,7 +378,7 @@ def sync_level(ops: list[tuple[str, bool, Any]], configured: str) -> str:
     return configured
 
 
-def needs_sync(ops: list[tuple[str, bool, Any]]) -> bool:
+def needs_sync(ops: list[Op]) -> bool:
     """Whether a batch must be on disk before it is answered (fsync at COMMIT).
 
     Acknowledged deliveries must (``add_many``), and so must operators' actions and dead
